@@ -1,0 +1,1 @@
+"""attachworker: attach Cinder volumes on a compute host, driven by RPC casts."""

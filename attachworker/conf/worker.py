@@ -1,0 +1,36 @@
+"""[worker]: how the compute worker serves casts and shuts down."""
+from oslo_config import cfg
+
+GROUP = 'worker'
+
+worker_opts = [
+    cfg.IntOpt('graceful_shutdown_timeout',
+               default=60,
+               min=0,
+               help="""
+Seconds that in-flight operations get to finish after SIGTERM. Operations still
+running then are undone and end with an ``.error`` notification.
+"""),
+    cfg.IntOpt('reconcile_interval',
+               default=600,
+               min=0,
+               help="""
+Seconds between two runs of the journal check that finishes or undoes unfinished
+operations. 0 disables the periodic run (start-up recovery still happens).
+"""),
+    cfg.IntOpt('max_argument_length',
+               default=255,
+               min=16,
+               help="""
+Longest string accepted in an RPC argument (display names, ids...). Longer
+arguments make the cast fail validation before any Cinder call.
+"""),
+]
+
+
+def register_opts(conf: cfg.ConfigOpts) -> None:
+    conf.register_opts(worker_opts, group=GROUP)
+
+
+def list_opts():
+    return [(GROUP, worker_opts)]
