@@ -4,7 +4,8 @@ A thin subclass of oslo.context's RequestContext that also carries the caller's
 service catalog (filtered to what attachworker needs), as Nova's does, so the
 Cinder adapter can find the caller's Cinder endpoint.
 """
-from typing import Any, Optional
+from typing import Any
+from typing import Optional
 
 from oslo_context import context as o_context
 

@@ -5,7 +5,8 @@ into these once, at the adapter that owns the library, with ``raise ... from``.
 Every class carries structured fields and an HTTP-like ``code`` that ends up in
 the ``fault`` of an ``.error`` notification.
 """
-from typing import Any, Optional
+from typing import Any
+from typing import Optional
 
 
 class AttachWorkerException(Exception):

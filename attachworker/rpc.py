@@ -9,10 +9,15 @@ Delivery semantics, decided here and nowhere else:
 """
 from typing import Any
 
-import oslo_messaging as messaging
 from oslo_config import cfg
+from oslo_log import log as logging
+import oslo_messaging as messaging
+from oslo_messaging.rpc import dispatcher as rpc_dispatcher
+from oslo_messaging.rpc import server as rpc_server
 
 from attachworker import context as aw_context
+
+LOG = logging.getLogger(__name__)
 
 TOPIC = 'compute'
 NOTIFICATION_TOPIC = 'versioned_notifications'
@@ -62,3 +67,43 @@ class NotificationContextSerializer(RequestContextSerializer):
         if isinstance(ctxt, aw_context.RequestContext):
             return ctxt.redacted()
         return {}
+
+
+class Dispatcher(rpc_dispatcher.RPCDispatcher):
+    """RPCDispatcher that gives undeliverable casts an outcome.
+
+    oslo.messaging raises UnsupportedVersion/NoSuchMethod (or a serializer error)
+    before any endpoint runs, and the server then logs a bare traceback. Here the
+    failure is logged in one clear line and handed to ``on_reject(ctxt, method,
+    exc)`` so the endpoint can publish the ``.error`` the caller is waiting for.
+    """
+
+    def __init__(self, endpoints: list, serializer: messaging.Serializer,
+                 on_reject: Any) -> None:
+        super().__init__(endpoints, serializer)
+        self._on_reject = on_reject
+
+    def dispatch(self, incoming: Any) -> Any:
+        try:
+            return super().dispatch(incoming)
+        except Exception as exc:  # noqa: BLE001 - nothing may kill the server loop
+            message = incoming.message if isinstance(incoming.message, dict) else {}
+            method = str(message.get('method'))[:64]
+            version = str(message.get('version', '1.0'))[:16]
+            LOG.error('Rejected RPC %(method)s version %(version)s: %(kind)s: %(exc)s',
+                      {'method': method, 'version': version,
+                       'kind': type(exc).__name__, 'exc': exc})
+            try:
+                ctxt = aw_context.RequestContext.from_dict(incoming.ctxt)
+            except Exception:  # noqa: BLE001 - a malformed context still gets an answer
+                ctxt = aw_context.get_admin_context()
+            self._on_reject(ctxt, method, exc)
+            return None
+
+
+def get_rpc_server(transport: messaging.Transport, host: str, endpoint: Any,
+                   on_reject: Any) -> messaging.MessageHandlingServer:
+    """An RPC server on topic ``compute``, server ``host``, threading executor."""
+    target = messaging.Target(topic=TOPIC, server=host)
+    dispatcher = Dispatcher([endpoint], RequestContextSerializer(), on_reject)
+    return rpc_server.RPCServer(transport, target, dispatcher, executor='threading')

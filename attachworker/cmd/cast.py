@@ -1,0 +1,106 @@
+"""attachworker-cast: cast an attach to a compute host, optionally wait for its outcome.
+
+    attachworker-cast [--config-file F] attach --host H --instance UUID --volume UUID
+                      [--mountpoint /dev/vdb] [--mode rw|ro] [--attachment-id UUID]
+                      [--wait SECONDS]
+
+Credentials come from the usual ``OS_*`` environment (or ``--os-*`` flags), loaded
+by keystoneauth1; the caller's token, ids, roles and catalog go in the context so
+Cinder judges the request as the caller's. With ``--wait`` the outcome notification
+is printed as JSON; exit status 0 on ``.end``, 1 on ``.error``, 2 on timeout.
+"""
+import argparse
+import json
+import sys
+from typing import List
+from typing import Optional
+
+from keystoneauth1 import exceptions as ks_exc
+from keystoneauth1 import loading as ks_loading
+from oslo_config import cfg
+
+from attachworker import config
+from attachworker import context as aw_context
+from attachworker import outcome
+from attachworker import rpc
+from attachworker import rpcapi
+
+EXIT_END, EXIT_ERROR, EXIT_TIMEOUT, EXIT_USAGE = 0, 1, 2, 3
+
+
+def build_parser(argv: List[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog='attachworker-cast', description=__doc__.split('\n')[0])
+    parser.add_argument('--config-file', action='append', default=[],
+                        help='oslo.config file with [DEFAULT] transport_url (repeatable)')
+    ks_loading.register_session_argparse_arguments(parser)
+    ks_loading.register_auth_argparse_arguments(parser, argv, default='password')
+    sub = parser.add_subparsers(dest='action', required=True)
+    attach = sub.add_parser('attach', help='cast attach_volume to a host')
+    attach.add_argument('--host', required=True, help='the compute host ([DEFAULT] host)')
+    attach.add_argument('--instance', required=True, help='instance UUID')
+    attach.add_argument('--volume', required=True, help='Cinder volume UUID')
+    attach.add_argument('--mountpoint', help='device name, e.g. /dev/vdb (default: next free)')
+    attach.add_argument('--mode', default='rw', choices=['rw', 'ro'])
+    attach.add_argument('--attachment-id', help='an attachment the caller already reserved')
+    attach.add_argument('--availability-zone', help="the instance's availability zone")
+    attach.add_argument('--wait', type=float, metavar='SECONDS',
+                        help='wait for the outcome notification and print it')
+    return parser
+
+
+def caller_context(args: argparse.Namespace) -> aw_context.RequestContext:
+    """The caller's token, ids and catalog, from keystoneauth1."""
+    auth = ks_loading.load_auth_from_argparse_arguments(args)
+    session = ks_loading.load_session_from_argparse_arguments(args, auth=auth)
+    access = auth.get_access(session)
+    return aw_context.RequestContext(
+        auth_token=access.auth_token, user_id=access.user_id,
+        project_id=access.project_id, roles=access.role_names,
+        service_catalog=access.service_catalog.catalog)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv if argv is None else argv
+    args = build_parser(argv[1:]).parse_args(argv[1:])
+    conf = cfg.CONF
+    config.parse_args(conf, ['attachworker-cast']
+                      + [a for f in args.config_file for a in ('--config-file', f)],
+                      'attachworker-cast')
+    try:
+        ctxt = caller_context(args)
+    except (ks_exc.ClientException, ks_exc.MissingRequiredOptions) as exc:
+        print('attachworker-cast: cannot authenticate: %s' % exc, file=sys.stderr)
+        return EXIT_USAGE
+    instance = {'uuid': args.instance, 'project_id': ctxt.project_id,
+                'user_id': ctxt.user_id}
+    if args.availability_zone:
+        instance['availability_zone'] = args.availability_zone
+    transport = rpc.get_rpc_transport(conf)
+    api = rpcapi.ComputeAPI(conf, transport)
+
+    def cast() -> None:
+        api.attach_volume(ctxt, args.host, instance, args.volume, mountpoint=args.mountpoint,
+                          mode=args.mode, attachment_id=args.attachment_id)
+        print('cast attach_volume to host %s: request %s' % (args.host, ctxt.request_id),
+              file=sys.stderr)
+
+    try:
+        if args.wait is None:
+            cast()
+            return EXIT_END
+        with outcome.OutcomeWatcher(conf) as watcher:
+            cast()
+            note = watcher.wait(ctxt.request_id, args.wait, on_event=lambda n: print(
+                'received %s' % n.get('event_type'), file=sys.stderr))
+    finally:
+        transport.cleanup()
+    if note is None:
+        print('no outcome for request %s within %s s' % (ctxt.request_id, args.wait),
+              file=sys.stderr)
+        return EXIT_TIMEOUT
+    print(json.dumps(note, indent=2, sort_keys=True))
+    return EXIT_END if note['event_type'].endswith('.end') else EXIT_ERROR
+
+
+if __name__ == '__main__':
+    sys.exit(main())

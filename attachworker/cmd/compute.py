@@ -1,0 +1,43 @@
+"""attachworker-compute: the RPC worker of one compute host."""
+import functools
+import sys
+
+from oslo_config import cfg
+from oslo_log import log as logging
+
+from attachworker import config
+from attachworker import connector
+from attachworker import rpc
+from attachworker import service
+from attachworker import virt
+from attachworker.cinder import CinderAPI
+from attachworker.manager import ComputeManager
+from attachworker.notifications import Notifier
+
+LOG = logging.getLogger(__name__)
+
+
+def main() -> int:
+    conf = cfg.CONF
+    config.parse_args(conf, sys.argv, 'attachworker-compute')
+    transport = rpc.get_rpc_transport(conf)
+    # Take from RabbitMQ no more casts than there are threads to run them: a cast is
+    # acknowledged when a thread starts it, so what is not taken stays queued in
+    # RabbitMQ for the next start instead of in this process.
+    conf.set_default('rabbit_qos_prefetch_count', conf.executor_thread_pool_size,
+                     group='oslo_messaging_rabbit')
+    notifier = Notifier(rpc.get_notification_transport(conf), conf.host)
+    manager = ComputeManager(conf, CinderAPI(conf), virt.load_driver(conf), notifier,
+                             functools.partial(connector.get_connector_properties, conf))
+    server = rpc.get_rpc_server(transport, conf.host, manager, manager.reject)
+    LOG.info('attachworker-compute on host %(host)s, exchange %(exchange)s, '
+             '%(threads)d threads', {'host': conf.host, 'exchange': conf.control_exchange,
+                                     'threads': conf.executor_thread_pool_size})
+    code = service.WorkerService(server, manager,
+                                 conf.worker.graceful_shutdown_timeout).run()
+    transport.cleanup()
+    return code
+
+
+if __name__ == '__main__':
+    sys.exit(main())

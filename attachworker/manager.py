@@ -1,0 +1,212 @@
+"""The compute manager: the RPC endpoint and the attach pipeline.
+
+``attach_volume`` is the whole attach, top to bottom, each undo beside its step:
+
+1. validate the cast (nothing is called before every argument is checked);
+2. under the instance's lock: get the volume and check it can be attached
+   (a duplicate of an attach already done answers ``.end`` and changes nothing);
+3. gather this host's connector properties;
+4. Cinder: attachments flow (attachment_create unless the controller reserved,
+   attachment_update) or legacy flow (reserve, initialize_connection);
+5. the virt driver attaches;
+6. Cinder: attachment_complete, or legacy attach. The volume is ``in-use``.
+
+Every cast ends with exactly one outcome notification: ``.end``, or ``.error``
+after undoing what was done, naming the step that failed. Nothing raises out of
+an endpoint method: the worker goes on to the next cast.
+"""
+import threading
+from typing import Any
+from typing import Callable
+from typing import Optional
+
+from oslo_concurrency import lockutils
+from oslo_config import cfg
+from oslo_log import log as logging
+import oslo_messaging as messaging
+
+from attachworker import exception
+from attachworker import validation
+from attachworker.operation import Operation
+from attachworker.operation import StepObserver
+
+LOG = logging.getLogger(__name__)
+
+RPC_API_VERSION = '1.0'
+ATTACH = 'volume_attach'
+
+
+class ComputeManager:
+    """Serves topic ``compute`` for one host. Collaborators are injected."""
+
+    target = messaging.Target(version=RPC_API_VERSION)
+
+    def __init__(self, conf: cfg.ConfigOpts, cinder_api: Any, virt_driver: Any,
+                 notifier: Any, connector: Callable[[], dict],
+                 observer: Optional[StepObserver] = None) -> None:
+        self._conf = conf
+        self._cinder = cinder_api
+        self._driver = virt_driver
+        self._notifier = notifier
+        self._connector = connector
+        self._observer = observer
+        #: Set when the graceful shutdown timeout ran out: running operations stop
+        #: at their next step and are undone.
+        self.abort = threading.Event()
+
+    # --- RPC methods -------------------------------------------------------------------
+    def attach_volume(self, ctxt: Any, instance: Any = None, volume_id: Any = None,
+                      mountpoint: Any = None, mode: Any = 'rw', attachment_id: Any = None,
+                      **unknown: Any) -> None:
+        """Cast: attach ``volume_id`` to ``instance``; the outcome is a notification."""
+        ctxt.update_store()
+        op = Operation(ATTACH, ctxt.request_id, self._conf.host, self.abort, self._observer)
+        try:
+            req = validation.attach_request(instance, volume_id, mountpoint, mode,
+                                            attachment_id, unknown,
+                                            self._conf.worker.max_argument_length)
+        except exception.InvalidInput as exc:
+            op.update(**_raw_fields(ctxt, instance, volume_id, mountpoint, mode))
+            self._fail(ctxt, op, exc)
+            return
+        op.update(instance_uuid=req.instance_uuid, volume_id=req.volume_id, mode=req.mode,
+                  mountpoint=req.mountpoint, attachment_id=req.attachment_id,
+                  project_id=req.instance.get('project_id') or ctxt.project_id,
+                  user_id=req.instance.get('user_id') or ctxt.user_id)
+        self._notifier.notify(ctxt, ATTACH, 'start', **op.payload())
+        try:
+            with lockutils.lock('instance-%s' % req.instance_uuid):
+                self._attach(ctxt, req, op)
+        except Exception as exc:  # noqa: BLE001 - every cast ends with an outcome
+            self._fail(ctxt, op, exc, undo_failed=op.undo())
+            return
+        LOG.info('Attached volume %(volume)s to instance %(instance)s at %(dev)s '
+                 '(%(flow)s flow)', {'volume': req.volume_id, 'instance': req.instance_uuid,
+                                     'dev': op.fields.get('mountpoint'),
+                                     'flow': op.fields.get('flow')})
+        self._notifier.notify(ctxt, ATTACH, 'end', **op.payload(final=True))
+
+    # --- the pipeline ------------------------------------------------------------------
+    def _attach(self, ctxt: Any, req: validation.AttachRequest, op: Operation) -> None:
+        cinder = op.step('cinder_client', self._cinder.client, ctxt)
+        flow = 'attachments' if req.attachment_id else cinder.flow
+        op.update(flow=flow)
+        volume = op.step('get_volume', cinder.get, req.volume_id)
+        if self._already_attached(cinder, volume, req, op):
+            return
+        op.step('check_attach', self._check_attach, volume, req)
+        connector = op.step('connector', self._connector)
+
+        mountpoint = req.mountpoint
+        if mountpoint is None:
+            mountpoint = op.step('reserve_device', self._driver.reserve_device_name,
+                                 req.instance_uuid, req.volume_id)
+            op.push_undo('release_device', self._driver.release_device_name,
+                         req.instance_uuid, req.volume_id)
+            op.update(mountpoint=mountpoint)
+
+        if flow == 'attachments':
+            attachment_id = req.attachment_id
+            if attachment_id is None:
+                attachment_id = op.step('attachment_create', cinder.attachment_create,
+                                        req.volume_id, req.instance_uuid, req.mode)['id']
+            # A reservation made by the controller is ours to release on failure too:
+            # otherwise the volume stays 'reserved'.
+            op.push_undo('attachment_delete', cinder.attachment_delete, attachment_id)
+            op.update(attachment_id=attachment_id)
+            connection_info = op.step('attachment_update', cinder.attachment_update,
+                                      attachment_id, connector, mountpoint)
+        else:
+            op.step('reserve', cinder.reserve, req.volume_id)
+            op.push_undo('unreserve', cinder.unreserve, req.volume_id)
+            connection_info = op.step('initialize_connection', cinder.initialize_connection,
+                                      req.volume_id, connector)
+            op.push_undo('terminate_connection', cinder.terminate_connection,
+                         req.volume_id, connector)
+        op.update(driver_volume_type=(connection_info or {}).get('driver_volume_type'))
+
+        op.step('driver_attach', self._driver.attach_volume, ctxt, connection_info,
+                req.instance, mountpoint, req.volume_id)
+        op.push_undo('driver_detach', self._driver.detach_volume, ctxt, req.instance,
+                     mountpoint, req.volume_id)
+
+        if flow == 'attachments':
+            op.step('attachment_complete', cinder.attachment_complete, attachment_id)
+        else:
+            op.step('attach', cinder.attach, req.volume_id, req.instance_uuid, mountpoint,
+                    req.mode)
+        op.commit()
+
+    def _already_attached(self, cinder: Any, volume: dict, req: validation.AttachRequest,
+                          op: Operation) -> bool:
+        """A duplicate cast: the volume is already attached to this instance."""
+        for attached in volume['attachments']:
+            if attached.get('server_id') != req.instance_uuid:
+                continue
+            existing = attached.get('attachment_id') or attached.get('id')
+            LOG.info('Volume %(volume)s is already attached to instance %(instance)s '
+                     '(attachment %(att)s): nothing to do',
+                     {'volume': req.volume_id, 'instance': req.instance_uuid, 'att': existing})
+            if req.attachment_id and req.attachment_id != existing:
+                # The controller reserved a second attachment for the duplicate:
+                # release it so the volume keeps exactly one.
+                op.step('attachment_delete', cinder.attachment_delete, req.attachment_id)
+            op.update(attachment_id=existing, mountpoint=attached.get('device'))
+            return True
+        return False
+
+    def _check_attach(self, volume: dict, req: validation.AttachRequest) -> None:
+        """Refuse, before any change in Cinder, a volume that cannot be attached."""
+        def refuse(reason: str) -> None:
+            raise exception.InvalidVolume(volume_id=req.volume_id, reason=reason)
+
+        status = volume['status']
+        allowed = {'reserved'} if req.attachment_id else {'available'}
+        if volume['multiattach']:
+            if not self._driver.capabilities.get('supports_multiattach'):
+                refuse('it is multiattach and the virt driver cannot share volumes')
+            allowed.add('in-use')
+        if status not in allowed:
+            hint = '' if volume['multiattach'] or status != 'in-use' else \
+                ' (attached elsewhere and not multiattach)'
+            refuse('its status is %s, expected %s%s'
+                   % (status, ' or '.join(sorted(allowed)), hint))
+        instance_az = req.instance.get('availability_zone')
+        if (not self._conf.cinder.cross_az_attach and instance_az
+                and volume['availability_zone'] != instance_az):
+            refuse('it is in availability zone %s and the instance in %s, and '
+                   '[cinder] cross_az_attach is false'
+                   % (volume['availability_zone'], instance_az))
+
+    # --- outcomes ----------------------------------------------------------------------
+    def _fail(self, ctxt: Any, op: Operation, exc: BaseException,
+              undo_failed: Optional[list] = None) -> None:
+        fault = op.fault(exc, undo_failed)
+        log = LOG.warning if getattr(exc, 'expected', False) else LOG.error
+        log('%(action)s of volume %(volume)s failed at step %(step)s: %(exc)s',
+            {'action': op.action, 'volume': op.fields.get('volume_id'),
+             'step': fault['step'], 'exc': fault['message']},
+            exc_info=not getattr(exc, 'expected', False))
+        self._notifier.notify(ctxt, op.action, 'error', fault=fault, **op.payload(final=True))
+
+    def reject(self, ctxt: Any, method: str, exc: BaseException) -> None:
+        """A cast the dispatcher could not deliver (unknown method or version)."""
+        if method not in ('attach_volume', 'detach_volume'):
+            return
+        action = 'volume_attach' if method == 'attach_volume' else 'volume_detach'
+        op = Operation(action, ctxt.request_id, self._conf.host)
+        op.current_step = 'rpc'
+        self._notifier.notify(ctxt, action, 'error', fault=op.fault(exc),
+                              **op.payload(final=True))
+
+
+def _raw_fields(ctxt: Any, instance: Any, volume_id: Any, mountpoint: Any,
+                mode: Any) -> dict:
+    """Best-effort identity of a malformed cast, for its ``.error`` notification."""
+    def text(value: Any) -> Optional[str]:
+        return value[:255] if isinstance(value, str) else None
+
+    uuid = instance.get('uuid') if isinstance(instance, dict) else None
+    return {'instance_uuid': text(uuid), 'volume_id': text(volume_id),
+            'mountpoint': text(mountpoint), 'mode': text(mode),
+            'project_id': ctxt.project_id, 'user_id': ctxt.user_id}

@@ -1,0 +1,57 @@
+"""Publishing the outcome of every operation as versioned notifications.
+
+Event types ``instance.volume_attach.start|end|error`` (and ``volume_detach``),
+priority INFO (ERROR for ``.error``), driver ``messagingv2``, topic
+``versioned_notifications`` on the ``control_exchange``,
+``publisher_id = attachworker-compute:<host>``.
+
+An observer never breaks the work: a failure to publish is logged and reported to
+the caller as ``False``; it never raises.
+"""
+from typing import Any
+from typing import Optional
+
+from oslo_log import log as logging
+import oslo_messaging as messaging
+
+from attachworker import rpc
+from attachworker.notifications.payload import make_payload
+
+LOG = logging.getLogger(__name__)
+
+#: How often the rabbit driver retries a publish before giving up (0 = once).
+#: Kept small: a dead broker must not hold an attach thread for minutes.
+PUBLISH_RETRY = 2
+
+
+class Notifier:
+    """Publishes attachworker's notifications; never raises."""
+
+    def __init__(self, transport: messaging.Transport, host: str,
+                 publisher: str = 'attachworker-compute',
+                 retry: int = PUBLISH_RETRY, driver: str = 'messagingv2') -> None:
+        self.host = host
+        self.publisher_id = '%s:%s' % (publisher, host)
+        self._notifier = messaging.Notifier(
+            transport, publisher_id=self.publisher_id, driver=driver,
+            topics=[rpc.NOTIFICATION_TOPIC],
+            serializer=rpc.NotificationContextSerializer(), retry=retry)
+
+    def notify(self, ctxt: Any, action: str, phase: str, fault: Optional[dict] = None,
+               **values: Any) -> bool:
+        """Publish ``instance.<action>.<phase>``; True when the broker took it."""
+        event_type = 'instance.%s.%s' % (action, phase)
+        values.setdefault('host', self.host)
+        try:
+            payload = make_payload(action, fault=fault, **values).to_primitive()
+            if phase == 'error':
+                self._notifier.error(ctxt, event_type, payload)
+            else:
+                self._notifier.info(ctxt, event_type, payload)
+        except Exception as exc:  # noqa: BLE001 - an observer never breaks the work
+            LOG.error('Could not publish %(event)s for volume %(volume)s: %(exc)s',
+                      {'event': event_type, 'volume': values.get('volume_id'),
+                       'exc': exc})
+            return False
+        LOG.debug('Published %s', event_type)
+        return True

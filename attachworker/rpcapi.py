@@ -1,0 +1,42 @@
+"""Client side of the compute RPC API: what a controller imports to cast.
+
+API version history:
+
+* 1.0 - Initial version: ``attach_volume`` (cast).
+
+Bump the minor version for every additive change, keep this history, and make the
+new argument conditional on ``can_send_version`` so that ``[upgrade_levels]
+compute`` can hold the version down while older workers remain.
+"""
+from typing import Any
+from typing import Optional
+
+from oslo_config import cfg
+import oslo_messaging as messaging
+
+from attachworker import rpc
+
+RPC_API_VERSION = '1.0'
+
+
+class ComputeAPI:
+    """Casts to the ``compute`` topic of one host.
+
+    Everything is passed in: the ConfigOpts (for ``[upgrade_levels] compute``) and
+    the transport (``attachworker.rpc.get_rpc_transport(conf)``).
+    """
+
+    def __init__(self, conf: cfg.ConfigOpts, transport: messaging.Transport) -> None:
+        cap = conf.upgrade_levels.compute or RPC_API_VERSION
+        target = messaging.Target(topic=rpc.TOPIC, version=RPC_API_VERSION)
+        self.client = messaging.get_rpc_client(
+            transport, target, version_cap=cap, serializer=rpc.RequestContextSerializer())
+
+    def attach_volume(self, ctxt: Any, host: str, instance: dict, volume_id: str,
+                      mountpoint: Optional[str] = None, mode: str = 'rw',
+                      attachment_id: Optional[str] = None) -> None:
+        """Cast an attach to ``host``; the outcome arrives as a notification."""
+        version = '1.0'
+        cctxt = self.client.prepare(server=host, version=version)
+        cctxt.cast(ctxt, 'attach_volume', instance=instance, volume_id=volume_id,
+                   mountpoint=mountpoint, mode=mode, attachment_id=attachment_id)

@@ -1,0 +1,78 @@
+"""The virt driver contract: how a volume is connected to an instance.
+
+A driver is looked up by name (``attachworker.virt.load_driver``) and constructed
+with the ConfigOpts. The manager asks ``capabilities`` instead of checking types.
+"""
+import abc
+from typing import Any
+from typing import Optional
+
+from oslo_config import cfg
+
+
+class VirtDriver(abc.ABC):
+    """Connects Cinder volumes to instances on this host.
+
+    ``instance`` arguments are dicts with at least ``uuid``::
+
+        {'uuid': '8f0e3c4a-5b6d-4e7f-8a9b-0c1d2e3f4a5b', 'project_id': '4c2a...'}
+
+    ``connection_info`` is what Cinder returns from ``initialize_connection`` or
+    ``attachment_update``; ``data`` may carry CHAP secrets, so a driver never
+    stores or logs it unmasked::
+
+        {'driver_volume_type': 'iscsi',
+         'data': {'target_iqn': 'iqn.2010-10.org.openstack:volume-b120...',
+                  'target_portal': '192.0.2.20:3260', 'target_lun': 1,
+                  'auth_method': 'CHAP', 'auth_username': 'u',
+                  'auth_password': '...', 'access_mode': 'rw'}}
+    """
+
+    #: What the driver can do, e.g. ``{'supports_multiattach': True,
+    #: 'supports_device_naming': True}``. Subclasses override.
+    capabilities: dict = {
+        'supports_multiattach': False,
+        'supports_device_naming': False,
+    }
+
+    def __init__(self, conf: cfg.ConfigOpts) -> None:
+        self.conf = conf
+
+    @abc.abstractmethod
+    def attach_volume(self, context: Any, connection_info: dict, instance: dict,
+                      mountpoint: str, volume_id: str) -> None:
+        """Attach the volume at ``mountpoint`` (``'/dev/vdb'``) of the instance.
+
+        Attaching the same volume at the same mountpoint again does nothing.
+        Raises DeviceInUse when another volume uses ``mountpoint`` on that
+        instance, VirtDriverError for connection info the driver cannot use.
+        """
+
+    @abc.abstractmethod
+    def detach_volume(self, context: Any, instance: dict, mountpoint: Optional[str],
+                      volume_id: str) -> None:
+        """Detach the volume from the instance; a volume not attached is a no-op."""
+
+    @abc.abstractmethod
+    def get_attachments(self, instance_uuid: str) -> list[dict]:
+        """The volumes attached to the instance, ordered by mountpoint::
+
+            [{'volume_id': 'b1204e0c-...', 'mountpoint': '/dev/vdb',
+              'driver_volume_type': 'iscsi', 'access_mode': 'rw',
+              'attached_at': '2026-11-25T10:42:07.123456+00:00'}]
+        """
+
+    @abc.abstractmethod
+    def reserve_device_name(self, instance_uuid: str, volume_id: str,
+                            device: Optional[str] = None) -> str:
+        """Reserve and return the device the next attach of the volume will use.
+
+        ``'/dev/vdb'``, then ``'/dev/vdc'``... (``/dev/vda`` is the root disk). A
+        requested ``device`` is honoured if free, else DeviceInUse. Two
+        reservations never get the same name; reserving again for the same
+        volume returns the name it already has.
+        """
+
+    @abc.abstractmethod
+    def release_device_name(self, instance_uuid: str, volume_id: str) -> None:
+        """Drop the volume's reservation (after a failed attach); no-op if none."""

@@ -1,0 +1,246 @@
+"""A virt driver that records attachments instead of touching a hypervisor.
+
+It behaves like a real one where the pipeline can tell (a device holds one volume,
+re-attaching is harmless, names are handed out once) and keeps its records in one
+durable JSON file, ``<state_path>/fake-virt/attachments.json``, so detach, device
+naming and restarts work::
+
+    {"version": 1,
+     "instances": {"8f0e3c4a-...": {
+         "attachments": {"b1204e0c-...": {"volume_id": "b1204e0c-...",
+                                          "mountpoint": "/dev/vdb",
+                                          "driver_volume_type": "iscsi",
+                                          "access_mode": "rw",
+                                          "attached_at": "2026-11-25T10:42:07+00:00"}},
+         "reservations": {"5d77a1e2-...": "/dev/vdc"}}}}
+
+Only those fields are stored: ``connection_info['data']`` carries CHAP secrets.
+One process owns the file; the lock serialises its worker threads.
+"""
+import copy
+import datetime
+import json
+import os
+import re
+import tempfile
+import threading
+from typing import Any
+from typing import Optional
+
+from oslo_config import cfg
+from oslo_log import log as logging
+from oslo_utils import strutils
+
+from attachworker import exception
+from attachworker.virt import driver
+
+LOG = logging.getLogger(__name__)
+
+KNOWN_VOLUME_TYPES = ('iscsi', 'fibre_channel', 'nvmeof', 'rbd', 'fake')
+ROOT_DEVICE = '/dev/vda'
+DEVICE_PREFIX = '/dev/vd'
+# sdb, vdc, xvdd, vdaa...: whole disks only, nothing a path trick could escape with.
+_DEVICE_RE = re.compile(r'^/dev/[a-z]*d[a-z]+$')
+
+
+def _letters(index: int) -> str:
+    """0 -> 'a', 25 -> 'z', 26 -> 'aa': the suffixes Linux gives disks."""
+    name = ''
+    index += 1
+    while index:
+        index, rest = divmod(index - 1, 26)
+        name = chr(ord('a') + rest) + name
+    return name
+
+
+def _check_device(device: str) -> None:
+    if not isinstance(device, str) or not _DEVICE_RE.match(device):
+        raise exception.InvalidInput(reason='bad device name %r' % (device,))
+
+
+def _check_connection_info(info: Any) -> tuple[str, str]:
+    """``(driver_volume_type, access_mode)`` of connection info this driver can use."""
+    kind = info.get('driver_volume_type') if isinstance(info, dict) else None
+    if kind not in KNOWN_VOLUME_TYPES:
+        raise exception.VirtDriverError(reason='unsupported driver_volume_type %r' % kind)
+    data = info.get('data') if isinstance(info.get('data'), dict) else {}
+    access_mode = data.get('access_mode') or 'rw'
+    if access_mode not in ('rw', 'ro'):
+        raise exception.VirtDriverError(reason='unknown access_mode %r' % access_mode)
+    return kind, access_mode
+
+
+class FakeDriver(driver.VirtDriver):
+    capabilities = {'supports_multiattach': True, 'supports_device_naming': True}
+
+    def __init__(self, conf: cfg.ConfigOpts) -> None:
+        super().__init__(conf)
+        self._dir = os.path.join(conf.state_path, 'fake-virt')
+        self._path = os.path.join(self._dir, 'attachments.json')
+        self._lock = threading.Lock()
+        os.makedirs(self._dir, mode=0o700, exist_ok=True)
+        self._state = self._load()
+
+    # --- the durable file ------------------------------------------------------------
+
+    def _load(self) -> dict:
+        try:
+            with open(self._path, encoding='utf-8') as f:
+                state = json.load(f)
+        except FileNotFoundError:
+            return {'version': 1, 'instances': {}}
+        except (OSError, ValueError) as exc:
+            # Starting empty would silently forget attachments that exist.
+            raise exception.VirtDriverError(
+                reason='cannot read %s: %s' % (self._path, exc)) from exc
+        if not isinstance(state, dict) or not isinstance(state.get('instances'), dict):
+            raise exception.VirtDriverError(reason='%s is not a state file' % self._path)
+        return state
+
+    def _save(self, state: dict) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self._dir, prefix='.attachments-', suffix='.tmp')
+        try:
+            with os.fdopen(fd, 'w', encoding='utf-8') as f:
+                json.dump(state, f, indent=2, sort_keys=True)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self._path)
+            # The rename is only durable once the directory entry is on disk.
+            dir_fd = os.open(self._dir, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise exception.VirtDriverError(
+                reason='cannot write %s: %s' % (self._path, exc)) from exc
+
+    def _update(self, change) -> Any:
+        """Apply ``change(state)`` to a copy; persist it, then publish it.
+
+        Memory only changes once the file has, so a failed write leaves both as
+        they were. Called with the lock held.
+        """
+        new = copy.deepcopy(self._state)
+        result = change(new)
+        new['instances'] = {uuid: inst for uuid, inst in new['instances'].items()
+                            if inst['attachments'] or inst['reservations']}
+        if new != self._state:
+            self._save(new)
+            self._state = new
+        return result
+
+    @staticmethod
+    def _instance(state: dict, instance_uuid: str) -> dict:
+        return state['instances'].setdefault(
+            instance_uuid, {'attachments': {}, 'reservations': {}})
+
+    @staticmethod
+    def _holder(inst: dict, device: str) -> Optional[str]:
+        """The volume that has ``device`` attached or reserved, or 'root'."""
+        used = {ROOT_DEVICE: 'root'}
+        used.update({att['mountpoint']: vol for vol, att in inst['attachments'].items()})
+        used.update({name: vol for vol, name in inst['reservations'].items()})
+        return used.get(device)
+
+    # --- the driver contract ---------------------------------------------------------
+
+    def attach_volume(self, context: Any, connection_info: dict, instance: dict,
+                      mountpoint: str, volume_id: str) -> None:
+        kind, access_mode = _check_connection_info(connection_info)
+        _check_device(mountpoint)
+        instance_uuid = instance['uuid']
+        LOG.debug('Attaching volume %(vol)s with %(info)s',
+                  {'vol': volume_id, 'info': strutils.mask_dict_password(connection_info)})
+
+        def change(state: dict) -> bool:
+            inst = self._instance(state, instance_uuid)
+            current = inst['attachments'].get(volume_id)
+            if current is not None:
+                if current['mountpoint'] == mountpoint:
+                    return False
+                raise exception.VirtDriverError(
+                    reason='volume %s is already attached to %s at %s'
+                    % (volume_id, instance_uuid, current['mountpoint']))
+            holder = self._holder(inst, mountpoint)
+            if holder not in (None, volume_id):
+                raise exception.DeviceInUse(mountpoint=mountpoint, instance_uuid=instance_uuid)
+            inst['reservations'].pop(volume_id, None)
+            inst['attachments'][volume_id] = {
+                'volume_id': volume_id,
+                'mountpoint': mountpoint,
+                'driver_volume_type': kind,
+                'access_mode': access_mode,
+                'attached_at': datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            }
+            return True
+
+        with self._lock:
+            attached = self._update(change)
+        LOG.info('%(what)s volume %(vol)s to instance %(inst)s at %(mp)s',
+                 {'what': 'Attached' if attached else 'Already attached',
+                  'vol': volume_id, 'inst': instance_uuid, 'mp': mountpoint})
+
+    def detach_volume(self, context: Any, instance: dict, mountpoint: Optional[str],
+                      volume_id: str) -> None:
+        instance_uuid = instance['uuid']
+
+        def change(state: dict) -> Optional[dict]:
+            inst = self._instance(state, instance_uuid)
+            inst['reservations'].pop(volume_id, None)
+            return inst['attachments'].pop(volume_id, None)
+
+        with self._lock:
+            detached = self._update(change)
+        if detached is None:
+            LOG.info('Volume %(vol)s is not attached to instance %(inst)s; nothing to detach',
+                     {'vol': volume_id, 'inst': instance_uuid})
+            return
+        if mountpoint and mountpoint != detached['mountpoint']:
+            # The volume id is authoritative; a stale mountpoint is worth a note only.
+            LOG.warning('Volume %(vol)s was attached at %(real)s, not %(mp)s',
+                        {'vol': volume_id, 'real': detached['mountpoint'], 'mp': mountpoint})
+        LOG.info('Detached volume %(vol)s from instance %(inst)s at %(mp)s',
+                 {'vol': volume_id, 'inst': instance_uuid, 'mp': detached['mountpoint']})
+
+    def get_attachments(self, instance_uuid: str) -> list[dict]:
+        with self._lock:
+            inst = self._state['instances'].get(instance_uuid)
+            records = copy.deepcopy(list(inst['attachments'].values())) if inst else []
+        # /dev/vdz before /dev/vdaa, as the disks were handed out.
+        return sorted(records, key=lambda r: (len(r['mountpoint']), r['mountpoint']))
+
+    def reserve_device_name(self, instance_uuid: str, volume_id: str,
+                            device: Optional[str] = None) -> str:
+        if device is not None:
+            _check_device(device)
+
+        def change(state: dict) -> str:
+            inst = self._instance(state, instance_uuid)
+            if volume_id in inst['attachments']:
+                return inst['attachments'][volume_id]['mountpoint']
+            if volume_id in inst['reservations']:
+                return inst['reservations'][volume_id]
+            if device is not None:
+                if self._holder(inst, device) is not None:
+                    raise exception.DeviceInUse(mountpoint=device, instance_uuid=instance_uuid)
+                chosen = device
+            else:
+                index = 1  # 'a' is the root disk
+                while self._holder(inst, DEVICE_PREFIX + _letters(index)) is not None:
+                    index += 1
+                chosen = DEVICE_PREFIX + _letters(index)
+            inst['reservations'][volume_id] = chosen
+            return chosen
+
+        with self._lock:
+            return self._update(change)
+
+    def release_device_name(self, instance_uuid: str, volume_id: str) -> None:
+        def change(state: dict) -> None:
+            self._instance(state, instance_uuid)['reservations'].pop(volume_id, None)
+
+        with self._lock:
+            self._update(change)
