@@ -1,0 +1,145 @@
+"""Fixtures for unit tests: a private ConfigOpts, requests-mock'ed Cinder, fake:// RPC."""
+import os
+import uuid
+
+from oslo_config import cfg
+import oslo_messaging as messaging
+from oslo_messaging.notify import _impl_test as notify_test
+import pytest
+import requests_mock
+
+from attachworker import conf as aw_conf
+from attachworker import context as aw_context
+from attachworker.cinder import CinderAPI
+from attachworker.manager import ComputeManager
+from attachworker.notifications import Notifier
+from attachworker import rpc
+from attachworker import virt
+from attachworker import connector
+
+CINDER = 'http://cinder.test:8776'
+PROJECT = '4c2a8f3e9b1d4e6f8a0b1c2d3e4f5a6b'
+CHAP_SECRET = 'chap-Secr3t-never-logged'
+TOKEN = 'gAAAAA-caller-token-never-logged'
+
+
+@pytest.fixture
+def conf(tmp_path):
+    c = cfg.ConfigOpts()
+    aw_conf.register_opts(c)
+    rpc.set_defaults(c)
+    c([], project='attachworker-test')
+    root = tmp_path / 'host'
+    (root / 'etc' / 'iscsi').mkdir(parents=True)
+    (root / 'etc' / 'iscsi' / 'initiatorname.iscsi').write_text(
+        'InitiatorName=iqn.2004-10.org.attachworker:unit\n')
+    c.set_override('host', 'compute-unit')
+    c.set_override('state_path', str(tmp_path / 'state'))
+    c.set_override('host_root', str(root), group='connector')
+    c.set_override('endpoint_template', CINDER + '/v3/%(project_id)s', group='cinder')
+    c.set_override('http_retries', 1, group='cinder')
+    os.makedirs(c.state_path, exist_ok=True)
+    return c
+
+
+@pytest.fixture
+def ctxt():
+    return aw_context.RequestContext(auth_token=TOKEN, user_id='u1', project_id=PROJECT,
+                                     roles=['member'])
+
+
+class CinderMock:
+    """requests-mock'ed Cinder: one volume, the calls both flows make, a request log."""
+
+    def __init__(self, mocker, max_version='3.71'):
+        self.m = mocker
+        self.volume_id = str(uuid.uuid4())
+        self.attachment_id = str(uuid.uuid4())
+        self.volume = {'id': self.volume_id, 'status': 'available', 'attach_status': 'detached',
+                       'multiattach': False, 'availability_zone': 'nova', 'attachments': []}
+        self.connection_info = {'driver_volume_type': 'iscsi', 'data': {
+            'target_iqn': 'iqn.2010-10.org.openstack:volume-x', 'target_portal': '127.0.0.1:3260',
+            'target_lun': 1, 'auth_method': 'CHAP', 'auth_username': 'chapuser',
+            'auth_password': CHAP_SECRET, 'access_mode': 'rw'}}
+        base = '%s/v3/%s' % (CINDER, PROJECT)
+        self.base = base
+        mocker.get(CINDER + '/', json={'versions': [{
+            'id': 'v3.0', 'status': 'CURRENT', 'version': max_version, 'min_version': '3.0',
+            'links': [{'href': CINDER + '/v3/', 'rel': 'self'}]}]})
+        mocker.get('%s/volumes/%s' % (base, self.volume_id), json=self._volume)
+        att = '%s/attachments/%s' % (base, self.attachment_id)
+        mocker.post('%s/attachments' % base, json={'attachment': self._attachment()})
+        mocker.put(att, json={'attachment': dict(self._attachment(),
+                                                 connection_info=self.connection_info)})
+        mocker.post(att + '/action', status_code=204)
+        mocker.delete(att, status_code=200, json={})
+        mocker.post('%s/volumes/%s/action' % (base, self.volume_id), json=self._action)
+
+    def _volume(self, request, context):
+        return {'volume': self.volume}
+
+    def _attachment(self):
+        return {'id': self.attachment_id, 'volume_id': self.volume_id, 'status': 'reserved',
+                'instance': None, 'attach_mode': 'rw', 'connection_info': {}}
+
+    def _action(self, request, context):
+        if 'os-initialize_connection' in request.json():
+            return {'connection_info': self.connection_info}
+        context.status_code = 202
+        return {}
+
+    def fail(self, method, suffix, status=500, action=None):
+        """Make ``method`` on the URL ending in ``suffix`` (and JSON action) fail."""
+        def matcher(request):
+            if request.method != method or not request.path.endswith(suffix.lower()):
+                return False
+            return action is None or action in (request.json() or {})
+        self.m.register_uri(method, requests_mock.ANY, additional_matcher=matcher,
+                            status_code=status,
+                            json={'badRequest' if status < 500 else 'computeFault':
+                                  {'message': 'injected %d' % status, 'code': status}})
+
+    def calls(self):
+        """The Cinder calls made, version discovery left out: ('POST', 'os-reserve')."""
+        out = []
+        for r in self.m.request_history:
+            if r.path == '/':
+                continue
+            path = r.path.split('/v3/%s' % PROJECT, 1)[-1]
+            path = path.replace(self.volume_id, 'VOL').replace(self.attachment_id, 'ATT')
+            body = r.json() if r.body else None
+            if path.endswith('/action') and body:
+                path += ':' + next(iter(body))
+            out.append('%s %s' % (r.method, path))
+        return out
+
+
+@pytest.fixture
+def cinder_mock():
+    with requests_mock.Mocker() as m:
+        yield CinderMock(m)
+
+
+@pytest.fixture
+def notifications():
+    """A function returning [(event_type, priority, payload data, message)] so far."""
+    notify_test.reset()
+
+    def published():
+        return [(msg['event_type'], priority, msg['payload']['attachworker_object.data'], msg)
+                for _ctxt, msg, priority, _retry in notify_test.NOTIFICATIONS]
+    yield published
+    notify_test.reset()
+
+
+@pytest.fixture
+def make_manager(conf, notifications):
+    def make(**overrides):
+        transport = messaging.get_notification_transport(conf, url='fake://')
+        notifier = Notifier(transport, conf.host, driver='test')
+        parts = dict(cinder_api=CinderAPI(conf), virt_driver=virt.load_driver(conf),
+                     notifier=notifier,
+                     connector=lambda: connector.get_connector_properties(conf))
+        parts.update(overrides)
+        return ComputeManager(conf, **parts)
+    return make

@@ -1,0 +1,178 @@
+"""The attach pipeline against a requests-mock'ed Cinder, both flows.
+
+Each failure test asserts the exact Cinder calls made, in order: the steps up to
+the failure, then the undo calls and nothing else; and that the ``.error`` names
+the failing step.
+"""
+import pytest
+
+from attachworker import virt
+from tests.unit.conftest import CinderMock
+
+INSTANCE = {'uuid': '8f0e3c4a-5b6d-4e7f-8a9b-0c1d2e3f4a5b', 'project_id': 'p1',
+            'user_id': 'u1'}
+
+ATT_OK = ['GET /volumes/VOL', 'POST /attachments', 'PUT /attachments/ATT',
+          'POST /attachments/ATT/action:os-complete']
+LEGACY_OK = ['GET /volumes/VOL', 'POST /volumes/VOL/action:os-reserve',
+             'POST /volumes/VOL/action:os-initialize_connection',
+             'POST /volumes/VOL/action:os-attach']
+
+
+def outcome(notifications):
+    """The last notification: (event_type, priority, payload data)."""
+    event, priority, data, _ = notifications()[-1]
+    return event, priority, data
+
+
+@pytest.fixture(params=['attachments', 'legacy'])
+def flow(request, conf):
+    conf.set_override('attach_flow', request.param, group='cinder')
+    return request.param
+
+
+def test_attachments_flow_succeeds(make_manager, cinder_mock, ctxt, notifications, conf):
+    manager = make_manager()
+    manager.attach_volume(ctxt, INSTANCE, cinder_mock.volume_id, '/dev/vdb')
+    assert cinder_mock.calls() == ATT_OK
+    events = [(e, p) for e, p, _, _ in notifications()]
+    assert events == [('instance.volume_attach.start', 'INFO'),
+                      ('instance.volume_attach.end', 'INFO')]
+    _, _, data = outcome(notifications)
+    assert data['flow'] == 'attachments'
+    assert data['attachment_id'] == cinder_mock.attachment_id
+    assert data['driver_volume_type'] == 'iscsi'
+    assert data['fault'] is None and data['duration_ms'] >= 0
+    attached = virt.load_driver(conf).get_attachments(INSTANCE['uuid'])
+    assert [(a['volume_id'], a['mountpoint']) for a in attached] == [
+        (cinder_mock.volume_id, '/dev/vdb')]
+    # the connector sent to Cinder carries the host's initiator and the mountpoint
+    put = [r for r in cinder_mock.m.request_history if r.method == 'PUT'][0].json()
+    assert put['attachment']['connector']['initiator'] == 'iqn.2004-10.org.attachworker:unit'
+    assert put['attachment']['connector']['mountpoint'] == '/dev/vdb'
+    assert put['attachment']['connector']['host'] == 'compute-unit'
+
+
+def test_legacy_flow_succeeds(make_manager, cinder_mock, ctxt, notifications, conf):
+    conf.set_override('attach_flow', 'legacy', group='cinder')
+    make_manager().attach_volume(ctxt, INSTANCE, cinder_mock.volume_id, '/dev/vdc', 'ro')
+    assert cinder_mock.calls() == LEGACY_OK
+    attach = cinder_mock.m.request_history[-1].json()['os-attach']
+    assert attach == {'instance_uuid': INSTANCE['uuid'], 'mountpoint': '/dev/vdc',
+                      'mode': 'ro'}
+    event, _, data = outcome(notifications)
+    assert event == 'instance.volume_attach.end' and data['flow'] == 'legacy'
+
+
+def test_auto_flow_falls_back_to_legacy_below_3_44(make_manager, ctxt, notifications):
+    import requests_mock
+    with requests_mock.Mocker() as m:
+        old = CinderMock(m, max_version='3.27')
+        make_manager().attach_volume(ctxt, INSTANCE, old.volume_id, '/dev/vdb')
+        assert old.calls() == LEGACY_OK
+    assert outcome(notifications)[2]['flow'] == 'legacy'
+
+
+def test_device_name_is_chosen_when_not_given(make_manager, cinder_mock, ctxt,
+                                              notifications):
+    make_manager().attach_volume(ctxt, INSTANCE, cinder_mock.volume_id)
+    event, _, data = outcome(notifications)
+    assert event.endswith('.end') and data['mountpoint'] == '/dev/vdb'
+
+
+FAILURES = {
+    # (flow, method, url suffix, action, status) -> (expected calls, failing step, exception)
+    'att-get-404': ('attachments', 'GET', '/volumes/VOL', None, 404,
+                    ['GET /volumes/VOL'], 'get_volume', 'VolumeNotFound'),
+    'att-get-500-retried': ('attachments', 'GET', '/volumes/VOL', None, 500,
+                            ['GET /volumes/VOL', 'GET /volumes/VOL'], 'get_volume',
+                            'CinderUnavailable'),
+    'att-create-400': ('attachments', 'POST', '/attachments', None, 400,
+                       ['GET /volumes/VOL', 'POST /attachments'], 'attachment_create',
+                       'InvalidVolume'),
+    'att-create-500-not-retried': ('attachments', 'POST', '/attachments', None, 500,
+                                   ['GET /volumes/VOL', 'POST /attachments'],
+                                   'attachment_create', 'CinderUnavailable'),
+    'att-update-500': ('attachments', 'PUT', '/attachments/ATT', None, 500,
+                       ['GET /volumes/VOL', 'POST /attachments', 'PUT /attachments/ATT',
+                        'DELETE /attachments/ATT'], 'attachment_update', 'CinderUnavailable'),
+    'att-update-403': ('attachments', 'PUT', '/attachments/ATT', None, 403,
+                       ['GET /volumes/VOL', 'POST /attachments', 'PUT /attachments/ATT',
+                        'DELETE /attachments/ATT'], 'attachment_update', 'CinderForbidden'),
+    'att-complete-500': ('attachments', 'POST', '/attachments/ATT/action', None, 500,
+                         ATT_OK + ['DELETE /attachments/ATT'], 'attachment_complete',
+                         'CinderUnavailable'),
+    'legacy-get-404': ('legacy', 'GET', '/volumes/VOL', None, 404,
+                       ['GET /volumes/VOL'], 'get_volume', 'VolumeNotFound'),
+    'legacy-reserve-400': ('legacy', 'POST', '/volumes/VOL/action', 'os-reserve', 400,
+                           LEGACY_OK[:2], 'reserve', 'InvalidVolume'),
+    'legacy-init-500': ('legacy', 'POST', '/volumes/VOL/action', 'os-initialize_connection',
+                        500, LEGACY_OK[:3] + ['POST /volumes/VOL/action:os-unreserve'],
+                        'initialize_connection', 'CinderUnavailable'),
+    'legacy-attach-500': ('legacy', 'POST', '/volumes/VOL/action', 'os-attach', 500,
+                          LEGACY_OK + ['POST /volumes/VOL/action:os-terminate_connection',
+                                       'POST /volumes/VOL/action:os-unreserve'],
+                          'attach', 'CinderUnavailable'),
+}
+
+
+@pytest.mark.parametrize('case', sorted(FAILURES))
+def test_cinder_failure_undoes_exactly_what_was_done(case, make_manager, cinder_mock, ctxt,
+                                                     notifications, conf):
+    flow, method, suffix, action, status, calls, step, exc = FAILURES[case]
+    conf.set_override('attach_flow', flow, group='cinder')
+    suffix = suffix.replace('VOL', cinder_mock.volume_id).replace(
+        'ATT', cinder_mock.attachment_id)
+    cinder_mock.fail(method, suffix, status, action)
+    make_manager().attach_volume(ctxt, INSTANCE, cinder_mock.volume_id, '/dev/vdb')
+
+    assert cinder_mock.calls() == calls
+    event, priority, data = outcome(notifications)
+    assert (event, priority) == ('instance.volume_attach.error', 'ERROR')
+    assert data['fault']['step'] == step
+    assert data['fault']['exception'] == exc
+    assert data['fault']['code'] == (status if status != 400 or exc != 'InvalidVolume'
+                                     else 400)
+    assert data['flow'] == flow
+    # the virt driver holds nothing for the instance afterwards
+    assert virt.load_driver(conf).get_attachments(INSTANCE['uuid']) == []
+
+
+def test_driver_failure_is_undone_in_cinder(flow, make_manager, cinder_mock, ctxt,
+                                            notifications, conf):
+    # the driver refuses a connection type it does not know: a real driver failure
+    cinder_mock.connection_info['driver_volume_type'] = 'quobyte-x'
+    make_manager().attach_volume(ctxt, INSTANCE, cinder_mock.volume_id, '/dev/vdb')
+    if flow == 'attachments':
+        assert cinder_mock.calls() == ATT_OK[:3] + ['DELETE /attachments/ATT']
+    else:
+        assert cinder_mock.calls() == LEGACY_OK[:3] + [
+            'POST /volumes/VOL/action:os-terminate_connection',
+            'POST /volumes/VOL/action:os-unreserve']
+    event, _, data = outcome(notifications)
+    assert event.endswith('.error')
+    assert data['fault']['step'] == 'driver_attach'
+    assert data['fault']['exception'] == 'VirtDriverError'
+
+
+def test_failed_undo_is_reported_in_the_fault(make_manager, cinder_mock, ctxt, notifications):
+    cinder_mock.fail('PUT', '/attachments/' + cinder_mock.attachment_id, 500)
+    cinder_mock.fail('DELETE', '/attachments/' + cinder_mock.attachment_id, 500)
+    make_manager().attach_volume(ctxt, INSTANCE, cinder_mock.volume_id, '/dev/vdb')
+    # DELETE is idempotent: retried once ([cinder] http_retries = 1) before giving up
+    assert cinder_mock.calls()[-2:] == ['DELETE /attachments/ATT'] * 2
+    fault = outcome(notifications)[2]['fault']
+    assert fault['step'] == 'attachment_update'
+    assert 'undo failed: attachment_delete' in fault['message']
+
+
+def test_controller_reservation_is_used_and_released_on_failure(make_manager, cinder_mock,
+                                                                ctxt, notifications):
+    cinder_mock.volume['status'] = 'reserved'
+    cinder_mock.fail('PUT', '/attachments/' + cinder_mock.attachment_id, 503)
+    make_manager().attach_volume(ctxt, INSTANCE, cinder_mock.volume_id, '/dev/vdb',
+                                 attachment_id=cinder_mock.attachment_id)
+    # no attachment_create: the controller reserved; the reservation is deleted on failure
+    assert cinder_mock.calls() == ['GET /volumes/VOL', 'PUT /attachments/ATT',
+                                   'DELETE /attachments/ATT']
+    assert outcome(notifications)[2]['attachment_id'] == cinder_mock.attachment_id
