@@ -80,7 +80,7 @@ def translate(step: str, exc: BaseException, **ids: Any) -> exception.AttachWork
         return exception.EndpointNotFound(reason=reason)
     if isinstance(exc, ks_exc.Unauthorized):
         return exception.CinderNotAuthorized(reason=reason)
-    if isinstance(exc, (ks_exc.ConnectTimeout, ks_exc.ReadTimeout)):
+    if isinstance(exc, (ks_exc.ConnectTimeout, ks_exc.RequestTimeout)):
         return exception.CinderUnavailable(reason='timed out: %s' % reason, code=504)
     if isinstance(exc, (ks_exc.ConnectionError, cinder_exc.ConnectionError)):
         return exception.CinderUnavailable(reason=reason, code=503)
@@ -162,13 +162,15 @@ class CinderAPI:
         return url
 
     # --- which microversion -----------------------------------------------------------
-    def _negotiate(self, endpoint: str, auth: Any) -> api_versions.APIVersion:
+    def _negotiate(self, endpoint: str, auth: Any,
+                   global_request_id: str) -> api_versions.APIVersion:
         with self._lock:
             known = self._versions.get(endpoint)
         if known is not None:
             return known
         probe = cinder_client.Client('3.0', session=self._session, auth=auth,
                                      endpoint_override=endpoint,
+                                     global_request_id=global_request_id,
                                      connect_retries=self._conf.cinder.http_retries)
         try:
             server_max = api_versions.get_highest_version(probe)
@@ -194,7 +196,7 @@ class CinderAPI:
         else:
             auth = self._admin()
             self._ensure_token(auth, '[cinder] auth')
-        version = self._negotiate(endpoint, auth)
+        version = self._negotiate(endpoint, auth, ctxt.global_id)
         common = {'session': self._session, 'auth': auth, 'endpoint_override': endpoint,
                   'global_request_id': ctxt.global_id,
                   'connect_retries': self._conf.cinder.http_retries}

@@ -9,13 +9,13 @@ import pytest
 import requests_mock
 
 from attachworker import conf as aw_conf
+from attachworker import connector
 from attachworker import context as aw_context
+from attachworker import rpc
+from attachworker import virt
 from attachworker.cinder import CinderAPI
 from attachworker.manager import ComputeManager
 from attachworker.notifications import Notifier
-from attachworker import rpc
-from attachworker import virt
-from attachworker import connector
 
 CINDER = 'http://cinder.test:8776'
 PROJECT = '4c2a8f3e9b1d4e6f8a0b1c2d3e4f5a6b'
