@@ -176,3 +176,52 @@ class JournalError(AttachWorkerException):
     """The local journal could not be written."""
 
     msg_fmt = 'Journal error: %(reason)s'
+
+
+# --- the audit store -------------------------------------------------------------------
+
+class MalformedNotification(AttachWorkerException):
+    """A notification is not ours or breaks the contract; it is stored as rejected."""
+
+    msg_fmt = '%(reason)s'
+    code = 400
+    expected = True
+
+
+class AuditStoreUnavailable(AttachWorkerException):
+    """The audit database cannot be reached or is locked; the message is requeued."""
+
+    msg_fmt = 'Audit store unavailable: %(reason)s'
+    code = 503
+    expected = True
+
+
+class AuditRecordRefused(AttachWorkerException):
+    """The audit database refused a row (a constraint or a value); it is rejected."""
+
+    msg_fmt = 'Audit store refused the row: %(reason)s'
+    code = 400
+    expected = True
+
+
+class AuditBackendUnsupported(AttachWorkerException):
+    """``[audit] connection`` names a database the audit store cannot upsert into."""
+
+    msg_fmt = ('Audit store backend %(dialect)s is not supported '
+               '(supported: %(supported)s)')
+
+
+class AuditSchemaOutdated(AttachWorkerException):
+    """The audit database schema is not at the revision this code needs."""
+
+    msg_fmt = ('Audit database is at revision %(current)s, this code needs %(head)s: '
+               'run "attachworker-audit db upgrade"')
+    expected = True
+
+
+class OperationNotFound(AttachWorkerException):
+    """No operation with this request id in the audit store."""
+
+    msg_fmt = 'No operation with request id %(request_id)s in the audit store.'
+    code = 404
+    expected = True

@@ -67,6 +67,8 @@ class OutcomeWatcher:
             auto_delete=conf.oslo_messaging_rabbit.amqp_auto_delete)
         self._topic = topic
         self._received: list = []
+        #: Bodies exactly as they came off the wire, for tests that scan them.
+        self.raw: list = []
 
     def __enter__(self) -> 'OutcomeWatcher':
         self._connection = kombu.Connection(self._url, connect_timeout=5)
@@ -86,6 +88,7 @@ class OutcomeWatcher:
         self._connection.release()
 
     def _on_message(self, body: Any, message: Any) -> None:
+        self.raw.append(message.body)
         try:
             self._received.append(decode(body))
         except ValueError:

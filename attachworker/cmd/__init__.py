@@ -7,4 +7,4 @@ anything imports oslo.messaging; remove once oslo.messaging stops importing it.
 """
 import warnings
 
-warnings.filterwarnings('ignore', message='.*Eventlet is deprecated.*')
+warnings.filterwarnings('ignore', message=r'\s*Eventlet is deprecated')

@@ -13,6 +13,99 @@ Possible values:
 
 * ``sqlite:////var/lib/attachworker/audit.sqlite``
 * ``postgresql+psycopg2://user:password@127.0.0.1/attachworker_audit``
+
+Related options:
+
+* ``[DEFAULT] state_path``: where the default SQLite file lives.
+* ``sqlite_busy_timeout``: how long an SQLite writer waits for the lock.
+"""),
+    cfg.StrOpt('pool',
+               default='attachworker-audit',
+               help="""
+Name of the notification pool (the RabbitMQ queue) audit consumers read from.
+
+Every ``attachworker-audit serve`` with the same pool competes for the same
+messages, so adding consumers spreads the load and each notification is stored
+once. Consumers with different pools each receive every notification.
+
+Possible values:
+
+* A queue name; keep the default unless two independent audit stores must each
+  receive every notification.
+
+Related options:
+
+* ``[DEFAULT] control_exchange``: the exchange the pool's queue is bound to.
+"""),
+    cfg.FloatOpt('sqlite_busy_timeout',
+                 default=10.0,
+                 min=0.0,
+                 help="""
+Seconds an SQLite writer waits for another process's write lock before the
+write fails and the notification is requeued. Ignored for other databases.
+
+Related options:
+
+* ``db_retry_interval``: the pause before a requeued message is retried.
+"""),
+    cfg.FloatOpt('db_retry_interval',
+                 default=0.2,
+                 min=0.0,
+                 help="""
+Seconds to wait before requeueing a notification after the first database
+error. The wait doubles on each consecutive error, up to
+``db_max_retry_interval``, and resets after the first successful write, so a
+database outage never turns into a requeue loop.
+
+Related options:
+
+* ``db_max_retry_interval``
+"""),
+    cfg.FloatOpt('db_max_retry_interval',
+                 default=2.0,
+                 min=0.0,
+                 help="""
+Longest wait, in seconds, before requeueing a notification while the database
+keeps failing.
+
+Related options:
+
+* ``db_retry_interval``
+"""),
+    cfg.IntOpt('max_message_size',
+               default=64 * 1024,
+               min=1024,
+               help="""
+Largest notification, in bytes, the audit consumer stores. Larger messages are
+recorded in the ``rejected`` table (with an excerpt) and acknowledged. A
+contract notification is well under 4 KiB.
+
+Related options:
+
+* ``rejected_excerpt_length``
+"""),
+    cfg.IntOpt('rejected_excerpt_length',
+               default=2048,
+               min=64,
+               help="""
+Characters of a rejected message kept in the ``rejected`` table, after secrets
+are masked.
+"""),
+    cfg.IntOpt('open_operation_timeout',
+               default=600,
+               min=0,
+               help="""
+Seconds after which an operation that has a ``.start`` and no ``.end`` or
+``.error`` counts as open in ``attachworker-audit stats``.
+
+Possible values:
+
+* 0: every operation without an end counts as open.
+* A number of seconds a little above the longest attach you expect.
+
+Related options:
+
+* ``attachworker-audit stats --open-timeout`` overrides it for one run.
 """),
 ]
 
