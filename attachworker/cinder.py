@@ -56,6 +56,17 @@ def _volume_view(volume: Any) -> dict:
     }
 
 
+def _nest_connection_info(flat: dict) -> dict:
+    """An attachment's connection_info in the ``{driver_volume_type, data}`` form.
+
+    The attachments API returns the driver's keys flat, beside ``driver_volume_type``
+    and ``attachment_id``; initialize_connection (and every virt driver) uses the
+    nested form.
+    """
+    data = {k: v for k, v in flat.items() if k not in ('driver_volume_type', 'attachment_id')}
+    return {'driver_volume_type': flat.get('driver_volume_type'), 'data': data} if flat else {}
+
+
 def translate(step: str, exc: BaseException, **ids: Any) -> exception.AttachWorkerException:
     """Map a cinderclient/keystoneauth1 exception to ours (``step`` only for the log)."""
     reason = getattr(exc, 'message', None) or str(exc) or type(exc).__name__
@@ -257,7 +268,7 @@ class CinderClient:
         updated = self._call('attachment_update', lambda c: c.attachments.update(
             attachment_id, connector), attachment_id=attachment_id)
         info = updated.to_dict() if hasattr(updated, 'to_dict') else dict(updated)
-        return info.get('connection_info') or {}
+        return _nest_connection_info(info.get('connection_info') or {})
 
     def attachment_complete(self, attachment_id: str) -> None:
         self._call('attachment_complete', lambda c: c.attachments.complete(attachment_id),

@@ -69,14 +69,20 @@ class CinderMock:
         mocker.get('%s/volumes/%s' % (base, self.volume_id), json=self._volume)
         att = '%s/attachments/%s' % (base, self.attachment_id)
         mocker.post('%s/attachments' % base, json={'attachment': self._attachment()})
-        mocker.put(att, json={'attachment': dict(self._attachment(),
-                                                 connection_info=self.connection_info)})
+        mocker.put(att, json=self._updated)
         mocker.post(att + '/action', status_code=204)
         mocker.delete(att, status_code=200, json={})
         mocker.post('%s/volumes/%s/action' % (base, self.volume_id), json=self._action)
 
     def _volume(self, request, context):
         return {'volume': self.volume}
+
+    def _updated(self, request, context):
+        # Cinder's attachments API answers connection_info flat, not nested in 'data'
+        flat = dict(self.connection_info['data'], attachment_id=self.attachment_id,
+                    driver_volume_type=self.connection_info['driver_volume_type'])
+        return {'attachment': dict(self._attachment(), status='attaching',
+                                   connection_info=flat)}
 
     def _attachment(self):
         return {'id': self.attachment_id, 'volume_id': self.volume_id, 'status': 'reserved',

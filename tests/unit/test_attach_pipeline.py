@@ -176,3 +176,21 @@ def test_controller_reservation_is_used_and_released_on_failure(make_manager, ci
     assert cinder_mock.calls() == ['GET /volumes/VOL', 'PUT /attachments/ATT',
                                    'DELETE /attachments/ATT']
     assert outcome(notifications)[2]['attachment_id'] == cinder_mock.attachment_id
+
+
+def test_attachments_flow_hands_the_driver_nested_connection_info(make_manager, cinder_mock,
+                                                                  ctxt, conf):
+    seen = {}
+    driver = virt.load_driver(conf)
+    real_attach = driver.attach_volume
+
+    def spy(context, connection_info, *args):
+        seen.update(connection_info)
+        return real_attach(context, connection_info, *args)
+    driver.attach_volume = spy
+    make_manager(virt_driver=driver).attach_volume(ctxt, INSTANCE, cinder_mock.volume_id,
+                                                   '/dev/vdb')
+    assert seen['driver_volume_type'] == 'iscsi'
+    assert seen['data']['target_iqn'] == 'iqn.2010-10.org.openstack:volume-x'
+    assert seen['data']['access_mode'] == 'rw'
+    assert 'attachment_id' not in seen['data']
