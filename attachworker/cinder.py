@@ -299,6 +299,8 @@ class CinderClient:
             volume_id, connector), idempotent=True, volume_id=volume_id)
 
     def attach(self, volume_id: str, instance_uuid: str, mountpoint: Optional[str],
-               mode: str) -> None:
+               mode: str, host_name: Optional[str] = None) -> None:
+        """Mark the volume attached; ``host_name`` makes Cinder record this host."""
         self._call('attach', lambda c: c.volumes.attach(
-            volume_id, instance_uuid, mountpoint, mode=mode), volume_id=volume_id)
+            volume_id, instance_uuid, mountpoint, mode=mode, host_name=host_name),
+            volume_id=volume_id)

@@ -134,7 +134,7 @@ class ComputeManager:
             op.step('attachment_complete', cinder.attachment_complete, attachment_id)
         else:
             op.step('attach', cinder.attach, req.volume_id, req.instance_uuid, mountpoint,
-                    req.mode)
+                    req.mode, connector.get('host'))
         op.commit()
 
     def _already_attached(self, cinder: Any, volume: dict, req: validation.AttachRequest,

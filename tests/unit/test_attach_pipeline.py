@@ -59,7 +59,7 @@ def test_legacy_flow_succeeds(make_manager, cinder_mock, ctxt, notifications, co
     assert cinder_mock.calls() == LEGACY_OK
     attach = cinder_mock.m.request_history[-1].json()['os-attach']
     assert attach == {'instance_uuid': INSTANCE['uuid'], 'mountpoint': '/dev/vdc',
-                      'mode': 'ro'}
+                      'mode': 'ro', 'host_name': 'compute-unit'}
     event, _, data = outcome(notifications)
     assert event == 'instance.volume_attach.end' and data['flow'] == 'legacy'
 
