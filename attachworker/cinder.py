@@ -149,7 +149,13 @@ class CinderAPI:
     def _endpoint(self, ctxt: Any) -> str:
         template = self._conf.cinder.endpoint_template
         if template:
-            return template % {'project_id': ctxt.project_id}
+            # Cinder refuses a URL whose project is not the token's project (HTTP 400)
+            project_id = ctxt.project_id
+            if not ctxt.auth_token:
+                admin = self._admin()
+                self._ensure_token(admin, '[cinder] auth')
+                project_id = admin.get_project_id(self._session)
+            return template % {'project_id': project_id}
         wanted = self._catalog_filter()
         if ctxt.service_catalog:
             endpoints = ctxt.service_catalog[0].get('endpoints') or [{}]

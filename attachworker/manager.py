@@ -136,6 +136,24 @@ class ComputeManager:
             op.step('attach', cinder.attach, req.volume_id, req.instance_uuid, mountpoint,
                     req.mode, connector.get('host'))
         op.commit()
+        if flow == 'legacy':
+            op.update(attachment_id=self._legacy_attachment_id(cinder, req))
+
+    def _legacy_attachment_id(self, cinder: Any, req: validation.AttachRequest
+                              ) -> Optional[str]:
+        """The id Cinder gave the legacy attachment: for the audit trail and detach.
+
+        The attach is done; failing to read it back only leaves the id out.
+        """
+        try:
+            volume = cinder.get(req.volume_id)
+        except exception.AttachWorkerException as exc:
+            LOG.warning('Attached, but could not read back the attachment id: %s', exc)
+            return None
+        for attached in volume['attachments']:
+            if attached.get('server_id') == req.instance_uuid:
+                return attached.get('attachment_id')
+        return None
 
     def _already_attached(self, cinder: Any, volume: dict, req: validation.AttachRequest,
                           op: Operation) -> bool:

@@ -89,8 +89,14 @@ class CinderMock:
                 'instance': None, 'attach_mode': 'rw', 'connection_info': {}}
 
     def _action(self, request, context):
-        if 'os-initialize_connection' in request.json():
+        body = request.json()
+        if 'os-initialize_connection' in body:
             return {'connection_info': self.connection_info}
+        if 'os-attach' in body:  # as Cinder does: the volume now shows the attachment
+            self.volume.update(status='in-use', attachments=[{
+                'server_id': body['os-attach']['instance_uuid'],
+                'attachment_id': self.attachment_id,
+                'device': body['os-attach']['mountpoint']}])
         context.status_code = 202
         return {}
 

@@ -56,12 +56,14 @@ def test_attachments_flow_succeeds(make_manager, cinder_mock, ctxt, notification
 def test_legacy_flow_succeeds(make_manager, cinder_mock, ctxt, notifications, conf):
     conf.set_override('attach_flow', 'legacy', group='cinder')
     make_manager().attach_volume(ctxt, INSTANCE, cinder_mock.volume_id, '/dev/vdc', 'ro')
-    assert cinder_mock.calls() == LEGACY_OK
-    attach = cinder_mock.m.request_history[-1].json()['os-attach']
+    # the attachment id Cinder made is read back for the notification
+    assert cinder_mock.calls() == LEGACY_OK + ['GET /volumes/VOL']
+    attach = cinder_mock.m.request_history[-2].json()['os-attach']
     assert attach == {'instance_uuid': INSTANCE['uuid'], 'mountpoint': '/dev/vdc',
                       'mode': 'ro', 'host_name': 'compute-unit'}
     event, _, data = outcome(notifications)
     assert event == 'instance.volume_attach.end' and data['flow'] == 'legacy'
+    assert data['attachment_id'] == cinder_mock.attachment_id
 
 
 def test_auto_flow_falls_back_to_legacy_below_3_44(make_manager, ctxt, notifications):
@@ -69,7 +71,7 @@ def test_auto_flow_falls_back_to_legacy_below_3_44(make_manager, ctxt, notificat
     with requests_mock.Mocker() as m:
         old = CinderMock(m, max_version='3.27')
         make_manager().attach_volume(ctxt, INSTANCE, old.volume_id, '/dev/vdb')
-        assert old.calls() == LEGACY_OK
+        assert old.calls() == LEGACY_OK + ['GET /volumes/VOL']
     assert outcome(notifications)[2]['flow'] == 'legacy'
 
 
