@@ -37,10 +37,11 @@ def create():
 def show(volume_id):
     volume = cinder().volumes.get(volume_id)
     print('volume %s: status %s' % (volume.id, volume.status))
+    # (non-admin users do not see the attached host: Cinder's policy hides it)
     for att in volume.attachments:
-        print('  attachment %s: server %s, host %s, device %s, attached at %s' % (
-            att.get('attachment_id'), att.get('server_id'), att.get('host_name'),
-            att.get('device'), att.get('attached_at')))
+        print('  attachment %s: instance %s, device %s, attached at %s' % (
+            att.get('attachment_id'), att.get('server_id'), att.get('device'),
+            att.get('attached_at')))
     if not volume.attachments:
         print('  no attachments')
 
