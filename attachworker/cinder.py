@@ -213,6 +213,12 @@ class CinderAPI:
         else:
             auth = self._admin()
             self._ensure_token(auth, '[cinder] auth')
+            if self._conf.service_user.send_service_user_token:
+                # undoing an attachment that has connection_info needs a service token
+                service = self._service()
+                self._ensure_token(service, '[service_user] auth')
+                auth = service_token.ServiceTokenAuthWrapper(user_auth=auth,
+                                                             service_auth=service)
         version = self._negotiate(endpoint, auth, ctxt.global_id)
         common = {'session': self._session, 'auth': auth, 'endpoint_override': endpoint,
                   'global_request_id': ctxt.global_id,
@@ -310,3 +316,16 @@ class CinderClient:
         self._call('attach', lambda c: c.volumes.attach(
             volume_id, instance_uuid, mountpoint, mode=mode, host_name=host_name),
             volume_id=volume_id)
+
+    def detach(self, volume_id: str, attachment_id: Optional[str]) -> None:
+        """Legacy detach (recovery of a legacy attach that reached Cinder)."""
+        self._call('detach', lambda c: c.volumes.detach(volume_id, attachment_id),
+                   idempotent=True, volume_id=volume_id)
+
+    def attachments_of(self, volume_id: str) -> list:
+        """Every attachment of the volume, attached or not (admin): [{id, instance, status}]."""
+        found = self._call('attachment_list', lambda c: c.attachments.list(
+            search_opts={'volume_id': volume_id, 'all_tenants': 1}), idempotent=True,
+            volume_id=volume_id)
+        return [{'id': a.id, 'instance': getattr(a, 'instance', None),
+                 'status': getattr(a, 'status', None)} for a in found]

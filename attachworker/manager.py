@@ -26,9 +26,9 @@ from oslo_log import log as logging
 import oslo_messaging as messaging
 
 from attachworker import exception
+from attachworker import outbox
 from attachworker import validation
 from attachworker.operation import Operation
-from attachworker.operation import StepObserver
 
 LOG = logging.getLogger(__name__)
 
@@ -42,14 +42,13 @@ class ComputeManager:
     target = messaging.Target(version=RPC_API_VERSION)
 
     def __init__(self, conf: cfg.ConfigOpts, cinder_api: Any, virt_driver: Any,
-                 notifier: Any, connector: Callable[[], dict],
-                 observer: Optional[StepObserver] = None) -> None:
+                 outbox: Any, connector: Callable[[], dict]) -> None:
         self._conf = conf
         self._cinder = cinder_api
         self._driver = virt_driver
-        self._notifier = notifier
+        self._outbox = outbox
+        self._journal = outbox.journal
         self._connector = connector
-        self._observer = observer
         #: Set when the graceful shutdown timeout ran out: running operations stop
         #: at their next step and are undone.
         self.abort = threading.Event()
@@ -60,31 +59,34 @@ class ComputeManager:
                       **unknown: Any) -> None:
         """Cast: attach ``volume_id`` to ``instance``; the outcome is a notification."""
         ctxt.update_store()
-        op = Operation(ATTACH, ctxt.request_id, self._conf.host, self.abort, self._observer)
+        op = Operation(ATTACH, ctxt.request_id, self._conf.host, self.abort, self._journal)
+        op.update(**_raw_fields(ctxt, instance, volume_id, mountpoint, mode))
         try:
+            self._journal.begin(op, outbox.context_of(ctxt))
             req = validation.attach_request(instance, volume_id, mountpoint, mode,
                                             attachment_id, unknown,
                                             self._conf.worker.max_argument_length)
-        except exception.InvalidInput as exc:
-            op.update(**_raw_fields(ctxt, instance, volume_id, mountpoint, mode))
-            self._fail(ctxt, op, exc)
+        except (exception.InvalidInput, exception.JournalError) as exc:
+            self._finish(ctxt, op, 'failed', exc)
             return
         op.update(instance_uuid=req.instance_uuid, volume_id=req.volume_id, mode=req.mode,
                   mountpoint=req.mountpoint, attachment_id=req.attachment_id,
                   project_id=req.instance.get('project_id') or ctxt.project_id,
                   user_id=req.instance.get('user_id') or ctxt.user_id)
-        self._notifier.notify(ctxt, ATTACH, 'start', **op.payload())
+        self._outbox.notify(ctxt, ATTACH, 'start', **op.payload())
         try:
             with lockutils.lock('instance-%s' % req.instance_uuid):
                 self._attach(ctxt, req, op)
         except Exception as exc:  # noqa: BLE001 - every cast ends with an outcome
-            self._fail(ctxt, op, exc, undo_failed=op.undo())
+            undo_failed = op.undo()
+            self._finish(ctxt, op, 'undo_failed' if undo_failed else 'undone', exc,
+                         undo_failed)
             return
         LOG.info('Attached volume %(volume)s to instance %(instance)s at %(dev)s '
                  '(%(flow)s flow)', {'volume': req.volume_id, 'instance': req.instance_uuid,
                                      'dev': op.fields.get('mountpoint'),
                                      'flow': op.fields.get('flow')})
-        self._notifier.notify(ctxt, ATTACH, 'end', **op.payload(final=True))
+        self._finish(ctxt, op, 'completed')
 
     # --- the pipeline ------------------------------------------------------------------
     def _attach(self, ctxt: Any, req: validation.AttachRequest, op: Operation) -> None:
@@ -197,15 +199,29 @@ class ComputeManager:
                    % (volume['availability_zone'], instance_az))
 
     # --- outcomes ----------------------------------------------------------------------
-    def _fail(self, ctxt: Any, op: Operation, exc: BaseException,
-              undo_failed: Optional[list] = None) -> None:
-        fault = op.fault(exc, undo_failed)
-        log = LOG.warning if getattr(exc, 'expected', False) else LOG.error
-        log('%(action)s of volume %(volume)s failed at step %(step)s: %(exc)s',
-            {'action': op.action, 'volume': op.fields.get('volume_id'),
-             'step': fault['step'], 'exc': fault['message']},
-            exc_info=not getattr(exc, 'expected', False))
-        self._notifier.notify(ctxt, op.action, 'error', fault=fault, **op.payload(final=True))
+    def _finish(self, ctxt: Any, op: Operation, state: str,
+                exc: Optional[BaseException] = None, undo_failed: Optional[list] = None) -> None:
+        """Journal the end state and its notification together, then publish it."""
+        fault = None
+        if exc is not None:
+            fault = op.fault(exc, undo_failed)
+            log = LOG.warning if getattr(exc, 'expected', False) else LOG.error
+            log('%(action)s of volume %(volume)s failed at step %(step)s: %(exc)s',
+                {'action': op.action, 'volume': op.fields.get('volume_id'),
+                 'step': fault['step'], 'exc': fault['message']},
+                exc_info=not getattr(exc, 'expected', False))
+        phase = 'error' if fault else 'end'
+        payload = op.payload(final=True)
+        try:
+            outbox_id = self._journal.finish(
+                op.id, state, op.fields,
+                notification={'action': op.action, 'phase': phase, 'fields': payload,
+                              'fault': fault, 'context': outbox.context_of(ctxt)})
+        except exception.JournalError as journal_exc:
+            LOG.error('Could not journal the end of %s: %s', op.fields['request_id'],
+                      journal_exc)
+            outbox_id = None
+        self._outbox.send(outbox_id, ctxt, op.action, phase, fault, payload)
 
     def reject(self, ctxt: Any, method: str, exc: BaseException) -> None:
         """A cast the dispatcher could not deliver (unknown method or version)."""
@@ -214,8 +230,8 @@ class ComputeManager:
         action = 'volume_attach' if method == 'attach_volume' else 'volume_detach'
         op = Operation(action, ctxt.request_id, self._conf.host)
         op.current_step = 'rpc'
-        self._notifier.notify(ctxt, action, 'error', fault=op.fault(exc),
-                              **op.payload(final=True))
+        self._outbox.notify(ctxt, action, 'error', fault=op.fault(exc),
+                            **op.payload(final=True))
 
 
 def _raw_fields(ctxt: Any, instance: Any, volume_id: Any, mountpoint: Any,

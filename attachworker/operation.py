@@ -11,6 +11,7 @@ import time
 from typing import Any
 from typing import Callable
 from typing import Optional
+import uuid
 
 from oslo_log import log as logging
 
@@ -32,10 +33,14 @@ class StepObserver:
 class Operation:
     """An attach (or detach) being carried out; knows its notification fields."""
 
+    #: Kept in ``fields`` for the journal and recovery, never notified.
+    PRIVATE = ('connector',)
+
     def __init__(self, action: str, request_id: str, host: str,
                  abort: Optional[threading.Event] = None,
                  observer: Optional[StepObserver] = None) -> None:
         self.action = action
+        self.id = str(uuid.uuid4())
         self.fields: dict = {'request_id': request_id, 'host': host}
         self.current_step = 'validate'
         self.completed_steps: list = []
@@ -49,7 +54,8 @@ class Operation:
         self.fields.update(fields)
 
     def payload(self, final: bool = False) -> dict:
-        values = dict(self.fields)
+        """The notification fields (what recovery alone needs stays out)."""
+        values = {k: v for k, v in self.fields.items() if k not in self.PRIVATE}
         if final:
             values['duration_ms'] = int((time.monotonic() - self._started) * 1000)
         return values

@@ -1,24 +1,42 @@
-"""Running the compute worker until SIGTERM, then draining it.
+"""Running the compute worker: recover, serve, reconcile, drain.
 
-First SIGTERM (or SIGINT): stop consuming; in-flight casts go on, for at most
+Start-up: recover what a dead worker left unfinished and publish queued
+notifications, *then* consume. While serving: every ``[worker] reconcile_interval``
+seconds the same recovery, and the outbox is flushed every few seconds.
+
+First SIGTERM (or SIGINT): stop consuming; in-flight casts go on for at most
 ``[worker] graceful_shutdown_timeout`` seconds. Then, or at a second signal, every
 operation still running stops at its next step, is undone and publishes its
-``.error``. The process then exits 0.
+``.error``. If a call still hangs after ``ABORT_GRACE`` more seconds the process
+exits anyway: the journal records every step before it runs, so the next start
+recovers what was cut. The exit status is 0.
 """
+import logging as logging_std
+import os
 import signal
 import threading
+import time
 from typing import Any
 
 from oslo_log import log as logging
 
 LOG = logging.getLogger(__name__)
 
+#: Seconds granted after the abort for undos to run before exiting regardless.
+ABORT_GRACE = 30
+FLUSH_INTERVAL = 5
+
 
 class WorkerService:
-    def __init__(self, server: Any, manager: Any, graceful_timeout: int) -> None:
+    def __init__(self, server: Any, manager: Any, recovery: Any, outbox: Any,
+                 conf: Any) -> None:
         self._server = server
         self._manager = manager
-        self._timeout = graceful_timeout
+        self._recovery = recovery
+        self._outbox = outbox
+        self._timeout = conf.worker.graceful_shutdown_timeout
+        self._reconcile_interval = conf.worker.reconcile_interval
+        self._retention = conf.worker.journal_retention_days * 86400
         self._stop = threading.Event()
         self._signals = 0
 
@@ -31,25 +49,65 @@ class WorkerService:
         else:
             LOG.warning('Caught %s again: undoing what is still running',
                         signal.Signals(signum).name)
-            self._manager.abort.set()
+            self._abort()
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        self.housekeeping(recover=True)
         self._server.start()
         LOG.info('attachworker-compute ready')
+        threading.Thread(target=self._periodic, name='reconcile', daemon=True).start()
         while not self._stop.wait(1.0):
             pass
         self._server.stop()
         timer = threading.Timer(self._timeout, self._timed_out)
         timer.daemon = True
         timer.start()
-        self._server.wait()
+        waiter = threading.Thread(target=self._server.wait, name='drain', daemon=True)
+        waiter.start()
+        while waiter.is_alive():
+            waiter.join(1.0)
         timer.cancel()
+        self._outbox.flush()
         LOG.info('attachworker-compute stopped')
         return 0
+
+    def housekeeping(self, recover: bool) -> None:
+        """Recovery (when asked), queued notifications, journal pruning; never raises."""
+        try:
+            if recover:
+                self._recovery.run()
+            self._outbox.flush()
+            if recover:
+                self._outbox.journal.prune(time.time() - self._retention)
+        except Exception:  # noqa: BLE001 - retried at the next round
+            LOG.exception('Housekeeping failed; it runs again at the next interval')
+
+    def _periodic(self) -> None:
+        last = time.monotonic()
+        while not self._stop.wait(FLUSH_INTERVAL):
+            due = (self._reconcile_interval > 0
+                   and time.monotonic() - last >= self._reconcile_interval)
+            self.housekeeping(recover=due)
+            if due:
+                last = time.monotonic()
 
     def _timed_out(self) -> None:
         LOG.warning('graceful_shutdown_timeout (%d s) ran out: undoing what is still '
                     'running', self._timeout)
+        self._abort()
+
+    def _abort(self) -> None:
         self._manager.abort.set()
+        killer = threading.Timer(ABORT_GRACE, self._exit_now)
+        killer.daemon = True
+        killer.start()
+
+    @staticmethod
+    def _exit_now() -> None:
+        LOG.error('Operations still hang %d s after the abort: exiting; the next start '
+                  'recovers them from the journal', ABORT_GRACE)
+        for handler in logging_std.getLogger().handlers:
+            handler.flush()
+        os._exit(0)

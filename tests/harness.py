@@ -6,11 +6,13 @@ host name and ``control_exchange`` (so tests never see each other's casts);
 real RabbitMQ.
 """
 import configparser
+import os
 import pathlib
 import signal
 import subprocess
 import sys
 import time
+from typing import Optional
 import uuid
 
 from oslo_config import cfg
@@ -56,12 +58,12 @@ class Worker:
             for group, values in sections.items()))
         self.proc = None
 
-    def start(self, timeout: float = 30) -> 'Worker':
+    def start(self, timeout: float = 30, env: Optional[dict] = None) -> 'Worker':
         offset = self.log.stat().st_size if self.log.exists() else 0
         with open(self.out, 'a') as out:
             self.proc = subprocess.Popen(
                 [str(BIN / 'attachworker-compute'), '--config-file', str(self.config)],
-                stdout=out, stderr=subprocess.STDOUT)
+                stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ, **(env or {})))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.log.exists() and 'attachworker-compute ready' in \

@@ -11,8 +11,11 @@ from attachworker import rpc
 from attachworker import service
 from attachworker import virt
 from attachworker.cinder import CinderAPI
+from attachworker.journal import Journal
 from attachworker.manager import ComputeManager
 from attachworker.notifications import Notifier
+from attachworker.outbox import Outbox
+from attachworker.recovery import Recovery
 
 LOG = logging.getLogger(__name__)
 
@@ -26,16 +29,21 @@ def main() -> int:
     # RabbitMQ for the next start instead of in this process.
     conf.set_default('rabbit_qos_prefetch_count', conf.executor_thread_pool_size,
                      group='oslo_messaging_rabbit')
-    notifier = Notifier(rpc.get_notification_transport(conf), conf.host)
-    manager = ComputeManager(conf, CinderAPI(conf), virt.load_driver(conf), notifier,
+    notification_transport = rpc.get_notification_transport(conf)
+    outbox = Outbox(Journal(conf.state_path), Notifier(notification_transport, conf.host))
+    cinder_api = CinderAPI(conf)
+    driver = virt.load_driver(conf)
+    manager = ComputeManager(conf, cinder_api, driver, outbox,
                              functools.partial(connector.get_connector_properties, conf))
+    recovery = Recovery(conf, cinder_api, driver, outbox)
     server = rpc.get_rpc_server(transport, conf.host, manager, manager.reject)
     LOG.info('attachworker-compute on host %(host)s, exchange %(exchange)s, '
-             '%(threads)d threads', {'host': conf.host, 'exchange': conf.control_exchange,
-                                     'threads': conf.executor_thread_pool_size})
-    code = service.WorkerService(server, manager,
-                                 conf.worker.graceful_shutdown_timeout).run()
+             '%(threads)d threads, journal %(journal)s',
+             {'host': conf.host, 'exchange': conf.control_exchange,
+              'threads': conf.executor_thread_pool_size, 'journal': outbox.journal.path})
+    code = service.WorkerService(server, manager, recovery, outbox, conf).run()
     transport.cleanup()
+    notification_transport.cleanup()
     return code
 
 

@@ -18,6 +18,23 @@ running then are undone and end with an ``.error`` notification.
 Seconds between two runs of the journal check that finishes or undoes unfinished
 operations. 0 disables the periodic run (start-up recovery still happens).
 """),
+    cfg.StrOpt('recovery_action',
+               default='undo',
+               choices=[('undo', 'undo every unfinished operation (volume available again)'),
+                        ('finish', 'complete it in Cinder when the virt driver had attached; '
+                                   'undo the others')],
+               help="""
+What recovery does with an operation a dead worker left unfinished. An operation
+whose last Cinder step had completed is always finished.
+
+Related options:
+
+* ``reconcile_interval``
+"""),
+    cfg.IntOpt('journal_retention_days',
+               default=7,
+               min=1,
+               help='Days a finished operation stays in the journal before it is pruned.'),
     cfg.IntOpt('max_argument_length',
                default=255,
                min=16,

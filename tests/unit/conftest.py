@@ -14,8 +14,10 @@ from attachworker import context as aw_context
 from attachworker import rpc
 from attachworker import virt
 from attachworker.cinder import CinderAPI
+from attachworker.journal import Journal
 from attachworker.manager import ComputeManager
 from attachworker.notifications import Notifier
+from attachworker.outbox import Outbox
 
 CINDER = 'http://cinder.test:8776'
 PROJECT = '4c2a8f3e9b1d4e6f8a0b1c2d3e4f5a6b'
@@ -145,12 +147,19 @@ def notifications():
 
 
 @pytest.fixture
-def make_manager(conf, notifications):
+def journal(conf):
+    j = Journal(conf.state_path)
+    yield j
+    j.close()
+
+
+@pytest.fixture
+def make_manager(conf, notifications, journal):
     def make(**overrides):
         transport = messaging.get_notification_transport(conf, url='fake://')
         notifier = Notifier(transport, conf.host, driver='test')
         parts = dict(cinder_api=CinderAPI(conf), virt_driver=virt.load_driver(conf),
-                     notifier=notifier,
+                     outbox=Outbox(journal, notifier),
                      connector=lambda: connector.get_connector_properties(conf))
         parts.update(overrides)
         return ComputeManager(conf, **parts)
