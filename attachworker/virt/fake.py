@@ -15,16 +15,21 @@ naming and restarts work::
          "reservations": {"5d77a1e2-...": "/dev/vdc"}}}}
 
 Only those fields are stored: ``connection_info['data']`` carries CHAP secrets.
-One process owns the file; the lock serialises its worker threads.
+Every call takes a thread lock and an flock on ``fake-virt/.lock`` and re-reads the
+file, so the worker's threads and another process (``attachworker-manage
+reconcile`` while the worker runs) never overwrite each other's records.
 """
+import contextlib
 import copy
 import datetime
+import fcntl
 import json
 import os
 import re
 import tempfile
 import threading
 from typing import Any
+from typing import Iterator
 from typing import Optional
 
 from oslo_config import cfg
@@ -80,6 +85,14 @@ class FakeDriver(driver.VirtDriver):
         self._lock = threading.Lock()
         os.makedirs(self._dir, mode=0o700, exist_ok=True)
         self._state = self._load()
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """This process's threads and other processes, one at a time; fresh state."""
+        with self._lock, open(os.path.join(self._dir, '.lock'), 'a') as lock_file:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+            self._state = self._load()
+            yield
 
     # --- the durable file ------------------------------------------------------------
 
@@ -177,7 +190,7 @@ class FakeDriver(driver.VirtDriver):
             }
             return True
 
-        with self._lock:
+        with self._locked():
             attached = self._update(change)
         LOG.info('%(what)s volume %(vol)s to instance %(inst)s at %(mp)s',
                  {'what': 'Attached' if attached else 'Already attached',
@@ -192,7 +205,7 @@ class FakeDriver(driver.VirtDriver):
             inst['reservations'].pop(volume_id, None)
             return inst['attachments'].pop(volume_id, None)
 
-        with self._lock:
+        with self._locked():
             detached = self._update(change)
         if detached is None:
             LOG.info('Volume %(vol)s is not attached to instance %(inst)s; nothing to detach',
@@ -206,7 +219,7 @@ class FakeDriver(driver.VirtDriver):
                  {'vol': volume_id, 'inst': instance_uuid, 'mp': detached['mountpoint']})
 
     def get_attachments(self, instance_uuid: str) -> list[dict]:
-        with self._lock:
+        with self._locked():
             inst = self._state['instances'].get(instance_uuid)
             records = copy.deepcopy(list(inst['attachments'].values())) if inst else []
         # /dev/vdz before /dev/vdaa, as the disks were handed out.
@@ -235,12 +248,12 @@ class FakeDriver(driver.VirtDriver):
             inst['reservations'][volume_id] = chosen
             return chosen
 
-        with self._lock:
+        with self._locked():
             return self._update(change)
 
     def release_device_name(self, instance_uuid: str, volume_id: str) -> None:
         def change(state: dict) -> None:
             self._instance(state, instance_uuid)['reservations'].pop(volume_id, None)
 
-        with self._lock:
+        with self._locked():
             self._update(change)

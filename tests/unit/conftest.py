@@ -53,7 +53,7 @@ def ctxt():
 class CinderMock:
     """requests-mock'ed Cinder: one volume, the calls both flows make, a request log."""
 
-    def __init__(self, mocker, max_version='3.71'):
+    def __init__(self, mocker, max_version='3.71', project=PROJECT):
         self.m = mocker
         self.volume_id = str(uuid.uuid4())
         self.attachment_id = str(uuid.uuid4())
@@ -63,7 +63,7 @@ class CinderMock:
             'target_iqn': 'iqn.2010-10.org.openstack:volume-x', 'target_portal': '127.0.0.1:3260',
             'target_lun': 1, 'auth_method': 'CHAP', 'auth_username': 'chapuser',
             'auth_password': CHAP_SECRET, 'access_mode': 'rw'}}
-        base = '%s/v3/%s' % (CINDER, PROJECT)
+        base = '%s/v3/%s' % (CINDER, project)
         self.base = base
         mocker.get(CINDER + '/', json={'versions': [{
             'id': 'v3.0', 'status': 'CURRENT', 'version': max_version, 'min_version': '3.0',
@@ -117,9 +117,9 @@ class CinderMock:
         """The Cinder calls made, version discovery left out: ('POST', 'os-reserve')."""
         out = []
         for r in self.m.request_history:
-            if r.path == '/':
+            if r.path == '/' or not r.url.startswith(CINDER):
                 continue
-            path = r.path.split('/v3/%s' % PROJECT, 1)[-1]
+            path = '/' + r.path.split('/v3/', 1)[-1].split('/', 1)[-1]
             path = path.replace(self.volume_id, 'VOL').replace(self.attachment_id, 'ATT')
             body = r.json() if r.body else None
             if path.endswith('/action') and body:

@@ -208,7 +208,8 @@ def test_state_file_never_holds_connection_secrets(conf, driver, caplog):
 def test_state_file_is_written_atomically_and_privately(conf, driver):
     driver.attach_volume(None, iscsi_info(), INSTANCE, '/dev/vdb', VOL_A)
     state_dir = os.path.dirname(state_file(conf))
-    assert os.listdir(state_dir) == ['attachments.json']  # no temp file left
+    # no temp file left; .lock is the flock other processes share
+    assert sorted(os.listdir(state_dir)) == ['.lock', 'attachments.json']
     assert os.stat(state_file(conf)).st_mode & 0o077 == 0
 
 
@@ -244,3 +245,13 @@ def test_driver_failing_to_start_is_not_reported_as_missing(conf, driver):
     with pytest.raises(exception.VirtDriverError) as info:
         virt.load_driver(conf)
     assert not isinstance(info.value, exception.VirtDriverNotFound)
+
+
+def test_two_drivers_on_one_state_never_overwrite_each_other(conf, driver):
+    # e.g. attachworker-manage reconcile running beside the worker
+    other = fake.FakeDriver(conf)
+    driver.attach_volume(None, iscsi_info(), INSTANCE, '/dev/vdb', VOL_A)
+    other.attach_volume(None, iscsi_info(), INSTANCE, '/dev/vdc', VOL_B)
+    assert {a['volume_id'] for a in driver.get_attachments(INSTANCE['uuid'])} == {VOL_A, VOL_B}
+    other.detach_volume(None, INSTANCE, '/dev/vdb', VOL_A)
+    assert [a['volume_id'] for a in driver.get_attachments(INSTANCE['uuid'])] == [VOL_B]
