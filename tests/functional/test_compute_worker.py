@@ -1,5 +1,6 @@
 """attachworker-compute as a process, over the real RabbitMQ, against a Cinder stand-in."""
 import signal
+import sqlite3
 import time
 import uuid
 
@@ -139,3 +140,48 @@ def test_sigterm_during_a_burst_finishes_every_started_attach(make_worker, contr
     for volume_id in [c.path.split('/')[2] for c in cinder.requests
                       if c.path.startswith('/volumes/')]:
         assert cinder.volume(volume_id)['status'] in ('available', 'in-use')
+    assert_journal_clean(worker)
+
+
+def assert_journal_clean(worker):
+    """Nothing left running, nothing left unpublished."""
+    with sqlite3.connect(worker.state / 'journal.sqlite') as db:
+        states = dict(db.execute('SELECT state, count(*) FROM operations GROUP BY state'))
+        unsent = db.execute('SELECT count(*) FROM outbox WHERE sent_at IS NULL').fetchone()[0]
+    print('journal after exit: %s, %d unsent notification(s)' % (states, unsent))
+    assert 'running' not in states and 'undo_failed' not in states
+    assert unsent == 0
+
+
+def test_graceful_timeout_undoes_what_still_runs(make_worker, controller, cinder):
+    worker = make_worker(worker__graceful_shutdown_timeout=1)
+    worker.start()
+    api, watcher = controller(worker)
+    # attachment_update takes 3 s: the timeout runs out while casts are inside it
+    cinder.fail('PUT', r'/attachments/', status=None, times=None, delay=3)
+    ids = []
+    for _ in range(6):
+        ctxt = caller()
+        ids.append(ctxt.request_id)
+        api.attach_volume(ctxt, worker.host, {'uuid': str(uuid.uuid4())},
+                          cinder.add_volume(), '/dev/vdb')
+    deadline = time.monotonic() + 30
+    while sum(c.method == 'PUT' for c in cinder.requests) < 6:
+        assert time.monotonic() < deadline, worker.logs()[-2000:]
+        time.sleep(0.05)
+    t0 = time.monotonic()
+    worker.proc.send_signal(signal.SIGTERM)
+    assert worker.proc.wait(60) == 0
+    print('exit %.1f s after SIGTERM (timeout 1 s, Cinder calls of 3 s)'
+          % (time.monotonic() - t0))
+    seen = wait_outcomes(watcher, ids, timeout=5)
+    for rid in ids:
+        terminal = [e for e in seen[rid] if e.endswith(('.end', '.error'))]
+        assert terminal == ['instance.volume_attach.error'], seen[rid]
+    faults = {n['payload']['attachworker_object.data']['fault']['step']
+              for n in watcher.events() if n['event_type'].endswith('.error')}
+    assert faults == {'shutdown'}
+    for volume_id in {c.path.split('/')[2] for c in cinder.requests
+                      if c.path.startswith('/volumes/')}:
+        assert cinder.volume(volume_id)['status'] == 'available'
+    assert_journal_clean(worker)
