@@ -7,11 +7,9 @@ other's casts or notifications.
 import pathlib
 import socket
 import sys
-import time
 
 import pytest
 
-from attachworker import outcome
 from tests.functional.fake_cinder import FakeCinder
 from tests.harness import Controller
 from tests.harness import Worker
@@ -73,27 +71,13 @@ def make_worker(tmp_path, cinder):
 
 @pytest.fixture
 def controller():
-    """connect(worker) -> (ComputeAPI, OutcomeWatcher) over the real broker."""
+    """connect(worker) -> Controller (rpcapi + OutcomeWatcher) over the real broker."""
     opened = []
 
     def connect(worker):
         ctl = Controller(worker)
         opened.append(ctl)
-        return ctl.api, ctl.watcher
+        return ctl
     yield connect
     for ctl in opened:
         ctl.close()
-
-
-def wait_outcomes(watcher, request_ids, timeout=60):
-    """{request_id: [event types]} once each has an .end or .error, or at timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        seen = {}
-        for note in watcher.events():
-            seen.setdefault(outcome.request_id_of(note), []).append(note['event_type'])
-        done = all(any(e.endswith(('.end', '.error')) for e in seen.get(r, []))
-                   for r in request_ids)
-        if done or time.monotonic() > deadline:
-            return seen
-        time.sleep(0.1)

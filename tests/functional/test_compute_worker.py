@@ -6,7 +6,6 @@ import uuid
 
 from attachworker import context as aw_context
 from tests.functional.conftest import CHAP_SECRET
-from tests.functional.conftest import wait_outcomes
 
 TOKEN = 'gAAAAABfunctional-caller-token-%s' % uuid.uuid4().hex
 PROJECT = uuid.uuid4().hex
@@ -19,7 +18,8 @@ def caller():
 
 def test_cast_is_attached_with_start_and_end_notifications(make_worker, controller, cinder):
     worker = make_worker().start()
-    api, watcher = controller(worker)
+    ctl = controller(worker)
+    api, watcher = ctl.api, ctl.watcher
     volume_id = cinder.add_volume()
     instance = {'uuid': str(uuid.uuid4()), 'project_id': PROJECT}
     ctxt = caller()
@@ -50,7 +50,8 @@ def test_no_secret_in_any_log_line_or_notification_with_debug(make_worker, contr
     worker = make_worker(debug='true', default_log_levels='keystoneauth=DEBUG,'
                          'cinderclient=DEBUG,oslo_messaging=DEBUG,attachworker=DEBUG')
     worker.start()
-    api, watcher = controller(worker)
+    ctl = controller(worker)
+    api, watcher = ctl.api, ctl.watcher
     ok_volume, bad_volume = cinder.add_volume(), cinder.add_volume()
     cinder.fail('POST', r'/attachments/.*/action', 500, times=1)  # one complete fails
     ids = []
@@ -59,7 +60,7 @@ def test_no_secret_in_any_log_line_or_notification_with_debug(make_worker, contr
         ids.append(ctxt.request_id)
         api.attach_volume(ctxt, worker.host, {'uuid': str(uuid.uuid4())}, volume_id,
                           '/dev/vdb')
-    seen = wait_outcomes(watcher, ids)
+    seen = ctl.outcomes(ids)
     # one attach succeeded, one failed after attachment_update and was undone
     assert sorted(seen[r][-1] for r in ids) == ['instance.volume_attach.end',
                                                 'instance.volume_attach.error'], seen
@@ -83,7 +84,8 @@ def test_no_secret_in_any_log_line_or_notification_with_debug(make_worker, contr
 
 def test_malformed_casts_get_errors_and_the_worker_goes_on(make_worker, controller, cinder):
     worker = make_worker().start()
-    api, watcher = controller(worker)
+    ctl = controller(worker)
+    api, watcher = ctl.api, ctl.watcher
     bad = [
         dict(instance=None, volume_id=str(uuid.uuid4())),
         dict(instance='not-a-dict', volume_id=str(uuid.uuid4())),
@@ -103,7 +105,7 @@ def test_malformed_casts_get_errors_and_the_worker_goes_on(make_worker, controll
     good = caller()
     api.attach_volume(good, worker.host, {'uuid': str(uuid.uuid4())}, cinder.add_volume(),
                       '/dev/vdb')
-    seen = wait_outcomes(watcher, ids + [good.request_id])
+    seen = ctl.outcomes(ids + [good.request_id])
     for rid in ids:
         assert seen.get(rid, [])[-1:] == ['instance.volume_attach.error'], (rid, seen)
     assert seen[good.request_id][-1] == 'instance.volume_attach.end'
@@ -116,7 +118,8 @@ def test_malformed_casts_get_errors_and_the_worker_goes_on(make_worker, controll
 def test_sigterm_during_a_burst_finishes_every_started_attach(make_worker, controller,
                                                                cinder):
     worker = make_worker().start()
-    api, watcher = controller(worker)
+    ctl = controller(worker)
+    api, watcher = ctl.api, ctl.watcher
     cinder.fail('PUT', r'/attachments/', status=None, times=None, delay=0.4)  # slow Cinder
     ids = []
     for _ in range(40):
@@ -130,7 +133,7 @@ def test_sigterm_during_a_burst_finishes_every_started_attach(make_worker, contr
         time.sleep(0.05)
     worker.proc.send_signal(signal.SIGTERM)
     assert worker.proc.wait(60) == 0
-    seen = wait_outcomes(watcher, [], timeout=2)
+    seen = ctl.outcomes([], timeout=2)
     started = [r for r, events in seen.items() if 'instance.volume_attach.start' in events]
     unfinished = [r for r in started
                   if sum(e.endswith(('.end', '.error')) for e in seen[r]) != 1]
@@ -156,7 +159,8 @@ def assert_journal_clean(worker):
 def test_graceful_timeout_undoes_what_still_runs(make_worker, controller, cinder):
     worker = make_worker(worker__graceful_shutdown_timeout=1)
     worker.start()
-    api, watcher = controller(worker)
+    ctl = controller(worker)
+    api, watcher = ctl.api, ctl.watcher
     # attachment_update takes 3 s: the timeout runs out while casts are inside it
     cinder.fail('PUT', r'/attachments/', status=None, times=None, delay=3)
     ids = []
@@ -174,7 +178,7 @@ def test_graceful_timeout_undoes_what_still_runs(make_worker, controller, cinder
     assert worker.proc.wait(60) == 0
     print('exit %.1f s after SIGTERM (timeout 1 s, Cinder calls of 3 s)'
           % (time.monotonic() - t0))
-    seen = wait_outcomes(watcher, ids, timeout=5)
+    seen = ctl.outcomes(ids, timeout=5)
     for rid in ids:
         terminal = [e for e in seen[rid] if e.endswith(('.end', '.error'))]
         assert terminal == ['instance.volume_attach.error'], seen[rid]
