@@ -13,8 +13,9 @@ caller's ``service_catalog`` when the context has one, else the catalog of the
 ``[cinder]`` auth) filtered by ``catalog_info`` and ``os_region_name``.
 
 Errors: every cinderclient/keystoneauth1 exception is translated here, once, into
-attachworker.exception classes. Retries: connection failures ``http_retries`` times
-for every call; HTTP 500/504 only for idempotent calls (GET, DELETE, undo calls).
+attachworker.exception classes. Retries (``http_retries``), of connection failures
+and HTTP 500/504, only for idempotent calls (GET, DELETE, undo calls): a
+non-idempotent call that failed may have been done, and the pipeline undoes it.
 """
 import threading
 from typing import Any
@@ -221,11 +222,14 @@ class CinderAPI:
                                                              service_auth=service)
         version = self._negotiate(endpoint, auth, ctxt.global_id)
         common = {'session': self._session, 'auth': auth, 'endpoint_override': endpoint,
-                  'global_request_id': ctxt.global_id,
-                  'connect_retries': self._conf.cinder.http_retries}
-        once = cinder_client.Client(version.get_string(), **common)
-        retried = cinder_client.Client(version.get_string(),
-                                       status_code_retries=self._conf.cinder.http_retries,
+                  'global_request_id': ctxt.global_id}
+        # keystoneauth1 turns a read timeout into ConnectTimeout and retries it as a
+        # connect failure: a request Cinder already received would be sent twice. So
+        # non-idempotent calls are sent once, whatever failed.
+        once = cinder_client.Client(version.get_string(), connect_retries=0, **common)
+        retries = self._conf.cinder.http_retries
+        retried = cinder_client.Client(version.get_string(), connect_retries=retries,
+                                       status_code_retries=retries,
                                        retriable_status_codes=RETRIABLE_STATUS, **common)
         return CinderClient(once, retried, version, self._conf.cinder.attach_flow)
 
@@ -323,9 +327,25 @@ class CinderClient:
                    idempotent=True, volume_id=volume_id)
 
     def attachments_of(self, volume_id: str) -> list:
-        """Every attachment of the volume, attached or not (admin): [{id, instance, status}]."""
+        """Every attachment of the volume, attached or not: [{id, instance, status}]."""
         found = self._call('attachment_list', lambda c: c.attachments.list(
             search_opts={'volume_id': volume_id, 'all_tenants': 1}), idempotent=True,
             volume_id=volume_id)
         return [{'id': a.id, 'instance': getattr(a, 'instance', None),
                  'status': getattr(a, 'status', None)} for a in found]
+
+    def release_reservations(self, volume_id: str, instance_uuid: str) -> None:
+        """Delete the instance's not yet attached attachments of the volume.
+
+        The undo of an attachment_create whose answer never came back: its id is
+        unknown, the instance it was made for is not.
+        """
+        for att in self.attachments_of(volume_id):
+            if att['instance'] == instance_uuid and att['status'] != 'attached':
+                self.attachment_delete(att['id'])
+
+    def detach_instance(self, volume_id: str, instance_uuid: str) -> None:
+        """Legacy detach of the instance, if Cinder shows it attached."""
+        for att in self.get(volume_id)['attachments']:
+            if att.get('server_id') == instance_uuid:
+                self.detach(volume_id, att.get('attachment_id'))

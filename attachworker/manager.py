@@ -102,41 +102,45 @@ class ComputeManager:
         mountpoint = req.mountpoint
         if mountpoint is None:
             mountpoint = op.step('reserve_device', self._driver.reserve_device_name,
-                                 req.instance_uuid, req.volume_id)
-            op.push_undo('release_device', self._driver.release_device_name,
-                         req.instance_uuid, req.volume_id)
+                                 req.instance_uuid, req.volume_id,
+                                 undo=('release_device', self._driver.release_device_name,
+                                       req.instance_uuid, req.volume_id))
             op.update(mountpoint=mountpoint)
 
         if flow == 'attachments':
-            attachment_id = req.attachment_id
-            if attachment_id is None:
-                attachment_id = op.step('attachment_create', cinder.attachment_create,
-                                        req.volume_id, req.instance_uuid, req.mode)['id']
-            # A reservation made by the controller is ours to release on failure too:
-            # otherwise the volume stays 'reserved'.
-            op.push_undo('attachment_delete', cinder.attachment_delete, attachment_id)
-            op.update(attachment_id=attachment_id)
+            undo_attachment = ('attachment_delete', self._delete_attachment, cinder, op, req)
+            if req.attachment_id:
+                # A reservation made by the controller is ours to release on failure
+                # too: otherwise the volume stays 'reserved'.
+                op.push_undo(*undo_attachment)
+            else:
+                created = op.step('attachment_create', cinder.attachment_create,
+                                  req.volume_id, req.instance_uuid, req.mode,
+                                  undo=undo_attachment)
+                op.update(attachment_id=created['id'])
             connection_info = op.step('attachment_update', cinder.attachment_update,
-                                      attachment_id, connector, mountpoint)
+                                      op.fields['attachment_id'], connector, mountpoint)
         else:
-            op.step('reserve', cinder.reserve, req.volume_id)
-            op.push_undo('unreserve', cinder.unreserve, req.volume_id)
+            op.step('reserve', cinder.reserve, req.volume_id,
+                    undo=('unreserve', cinder.unreserve, req.volume_id))
             connection_info = op.step('initialize_connection', cinder.initialize_connection,
-                                      req.volume_id, connector)
-            op.push_undo('terminate_connection', cinder.terminate_connection,
-                         req.volume_id, connector)
+                                      req.volume_id, connector,
+                                      undo=('terminate_connection', cinder.terminate_connection,
+                                            req.volume_id, connector))
         op.update(driver_volume_type=(connection_info or {}).get('driver_volume_type'))
 
         op.step('driver_attach', self._driver.attach_volume, ctxt, connection_info,
-                req.instance, mountpoint, req.volume_id)
-        op.push_undo('driver_detach', self._driver.detach_volume, ctxt, req.instance,
-                     mountpoint, req.volume_id)
+                req.instance, mountpoint, req.volume_id,
+                undo=('driver_detach', self._driver.detach_volume, ctxt, req.instance,
+                      mountpoint, req.volume_id))
 
         if flow == 'attachments':
-            op.step('attachment_complete', cinder.attachment_complete, attachment_id)
+            op.step('attachment_complete', cinder.attachment_complete,
+                    op.fields['attachment_id'])
         else:
             op.step('attach', cinder.attach, req.volume_id, req.instance_uuid, mountpoint,
-                    req.mode, connector.get('host'))
+                    req.mode, connector.get('host'),
+                    undo=('detach', cinder.detach_instance, req.volume_id, req.instance_uuid))
         op.commit()
         if flow == 'legacy':
             op.update(attachment_id=self._legacy_attachment_id(cinder, req))
@@ -156,6 +160,14 @@ class ComputeManager:
             if attached.get('server_id') == req.instance_uuid:
                 return attached.get('attachment_id')
         return None
+
+    @staticmethod
+    def _delete_attachment(cinder: Any, op: Operation, req: validation.AttachRequest) -> None:
+        """Undo of attachment_create, also when its answer never came back."""
+        if op.fields.get('attachment_id'):
+            cinder.attachment_delete(op.fields['attachment_id'])
+        else:
+            cinder.release_reservations(req.volume_id, req.instance_uuid)
 
     def _already_attached(self, cinder: Any, volume: dict, req: validation.AttachRequest,
                           op: Operation) -> bool:

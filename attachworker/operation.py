@@ -61,16 +61,31 @@ class Operation:
         return values
 
     # --- steps ---------------------------------------------------------------------------
-    def step(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run one pipeline step, unless the worker is stopping."""
+    def step(self, name: str, fn: Callable[..., Any], *args: Any,
+             undo: Optional[tuple] = None, **kwargs: Any) -> Any:
+        """Run one pipeline step, unless the worker is stopping.
+
+        ``undo`` is ``(name, fn, *args)``: it is pushed when the step succeeds, and
+        also when it fails in a way that leaves open whether the other side did it
+        (a timeout, a 5xx, a dropped connection: any failure not marked
+        ``expected``). A definite refusal (a 4xx, a volume in the wrong state) did
+        nothing, and undoing it could undo someone else's work.
+        """
         if self._abort.is_set():
             self.current_step = 'shutdown'
             raise exception.ShuttingDown(reason='stopped before step %s' % name)
         self.current_step = name
         self._observer.step_started(self, name)
-        result = fn(*args, **kwargs)
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as exc:
+            if undo and not getattr(exc, 'expected', False):
+                self.push_undo(*undo)
+            raise
         self.completed_steps.append(name)
         self._observer.step_done(self, name, result)
+        if undo:
+            self.push_undo(*undo)
         return result
 
     def push_undo(self, name: str, fn: Callable[..., Any], *args: Any) -> None:

@@ -145,11 +145,11 @@ class Recovery:
             if fields.get('attachment_id'):
                 undo('attachment_delete', cinder.attachment_delete, fields['attachment_id'])
             elif 'attachment_create' in started:
-                undo('attachment_delete', self._delete_unknown_reservation, cinder,
-                     volume_id, instance['uuid'])
+                undo('attachment_delete', cinder.release_reservations, volume_id,
+                     instance['uuid'])
         else:
             if 'attach' in started:
-                undo('detach', self._legacy_detach, cinder, volume_id, instance['uuid'])
+                undo('detach', cinder.detach_instance, volume_id, instance['uuid'])
             if 'initialize_connection' in started:
                 undo('terminate_connection', cinder.terminate_connection, volume_id,
                      fields.get('connector') or {})
@@ -172,19 +172,6 @@ class Recovery:
             failed.append('verify')
         return failed
 
-    @staticmethod
-    def _delete_unknown_reservation(cinder: Any, volume_id: str, instance_uuid: str) -> None:
-        """attachment_create may have succeeded before the crash: find ours by instance."""
-        for att in cinder.attachments_of(volume_id):
-            if att['instance'] == instance_uuid and att['status'] != 'attached':
-                cinder.attachment_delete(att['id'])
-
-    @staticmethod
-    def _legacy_detach(cinder: Any, volume_id: str, instance_uuid: str) -> None:
-        for att in cinder.get(volume_id)['attachments']:
-            if att.get('server_id') == instance_uuid:
-                cinder.detach(volume_id, att.get('attachment_id'))
-
     def _still_stuck(self, cinder: Any, volume_id: Optional[str], instance_uuid: str,
                      fields: dict) -> bool:
         """After the undos: is the volume still left reserved/attaching by us?"""
@@ -195,7 +182,7 @@ class Recovery:
         if volume['status'] not in STUCK:
             return False
         if fields.get('flow') == 'attachments':
-            self._delete_unknown_reservation(cinder, volume_id, instance_uuid)
+            cinder.release_reservations(volume_id, instance_uuid)
         elif volume['status'] == 'attaching':
             cinder.unreserve(volume_id)
         status = cinder.get(volume_id)['status']

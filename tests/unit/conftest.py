@@ -71,6 +71,8 @@ class CinderMock:
         mocker.get('%s/volumes/%s' % (base, self.volume_id), json=self._volume)
         att = '%s/attachments/%s' % (base, self.attachment_id)
         mocker.post('%s/attachments' % base, json={'attachment': self._attachment()})
+        self.listed = []  # what GET /attachments?volume_id= answers
+        mocker.get('%s/attachments' % base, json=lambda r, c: {'attachments': self.listed})
         mocker.put(att, json=self._updated)
         mocker.post(att + '/action', status_code=204)
         mocker.delete(att, status_code=200, json={})
@@ -121,6 +123,9 @@ class CinderMock:
                 continue
             path = '/' + r.path.split('/v3/', 1)[-1].split('/', 1)[-1]
             path = path.replace(self.volume_id, 'VOL').replace(self.attachment_id, 'ATT')
+            if r.query and path == '/attachments':
+                path += '?' + [q for q in r.query.split('&') if q.startswith('volume_id')][0]
+                path = path.replace(self.volume_id.lower(), 'VOL')
             body = r.json() if r.body else None
             if path.endswith('/action') and body:
                 path += ':' + next(iter(body))

@@ -92,8 +92,10 @@ FAILURES = {
     'att-create-400': ('attachments', 'POST', '/attachments', None, 400,
                        ['GET /volumes/VOL', 'POST /attachments'], 'attachment_create',
                        'InvalidVolume'),
+    # a 5xx leaves open whether Cinder made it: look for ours by instance (none here)
     'att-create-500-not-retried': ('attachments', 'POST', '/attachments', None, 500,
-                                   ['GET /volumes/VOL', 'POST /attachments'],
+                                   ['GET /volumes/VOL', 'POST /attachments',
+                                    'GET /attachments?volume_id=VOL'],
                                    'attachment_create', 'CinderUnavailable'),
     'att-update-500': ('attachments', 'PUT', '/attachments/ATT', None, 500,
                        ['GET /volumes/VOL', 'POST /attachments', 'PUT /attachments/ATT',
@@ -108,11 +110,17 @@ FAILURES = {
                        ['GET /volumes/VOL'], 'get_volume', 'VolumeNotFound'),
     'legacy-reserve-400': ('legacy', 'POST', '/volumes/VOL/action', 'os-reserve', 400,
                            LEGACY_OK[:2], 'reserve', 'InvalidVolume'),
+    'legacy-reserve-503': ('legacy', 'POST', '/volumes/VOL/action', 'os-reserve', 503,
+                           LEGACY_OK[:2] + ['POST /volumes/VOL/action:os-unreserve'],
+                           'reserve', 'CinderUnavailable'),
     'legacy-init-500': ('legacy', 'POST', '/volumes/VOL/action', 'os-initialize_connection',
-                        500, LEGACY_OK[:3] + ['POST /volumes/VOL/action:os-unreserve'],
+                        500, LEGACY_OK[:3] + ['POST /volumes/VOL/action:os-terminate_connection',
+                                              'POST /volumes/VOL/action:os-unreserve'],
                         'initialize_connection', 'CinderUnavailable'),
+    # the attach may have happened: look, detach if so (not here), then undo the rest
     'legacy-attach-500': ('legacy', 'POST', '/volumes/VOL/action', 'os-attach', 500,
-                          LEGACY_OK + ['POST /volumes/VOL/action:os-terminate_connection',
+                          LEGACY_OK + ['GET /volumes/VOL',
+                                       'POST /volumes/VOL/action:os-terminate_connection',
                                        'POST /volumes/VOL/action:os-unreserve'],
                           'attach', 'CinderUnavailable'),
 }
@@ -196,3 +204,43 @@ def test_attachments_flow_hands_the_driver_nested_connection_info(make_manager, 
     assert seen['data']['target_iqn'] == 'iqn.2010-10.org.openstack:volume-x'
     assert seen['data']['access_mode'] == 'rw'
     assert 'attachment_id' not in seen['data']
+
+
+def test_reservation_made_before_a_timeout_is_found_and_deleted(make_manager, cinder_mock,
+                                                                ctxt, notifications):
+    import requests
+    # Cinder made the attachment, but its answer never came back
+    cinder_mock.m.post('%s/attachments' % cinder_mock.base,
+                       exc=requests.exceptions.ReadTimeout('no answer'))
+    cinder_mock.listed = [{'id': cinder_mock.attachment_id, 'instance': INSTANCE['uuid'],
+                           'status': 'reserved', 'volume_id': cinder_mock.volume_id},
+                          {'id': 'other', 'instance': 'someone-else', 'status': 'attached',
+                           'volume_id': cinder_mock.volume_id}]
+    make_manager().attach_volume(ctxt, INSTANCE, cinder_mock.volume_id, '/dev/vdb')
+    # sent once (never re-sent after a timeout), then ours is found and deleted
+    assert cinder_mock.calls() == ['GET /volumes/VOL', 'POST /attachments',
+                                   'GET /attachments?volume_id=VOL',
+                                   'DELETE /attachments/ATT']
+    fault = outcome(notifications)[2]['fault']
+    assert (fault['step'], fault['code']) == ('attachment_create', 504)
+
+
+def test_legacy_attach_done_before_a_timeout_is_detached(make_manager, cinder_mock, ctxt,
+                                                         notifications, conf):
+    import requests
+    conf.set_override('attach_flow', 'legacy', group='cinder')
+    real_action = cinder_mock._action
+
+    def attach_then_time_out(request, context):
+        real_action(request, context)  # Cinder attaches...
+        if 'os-attach' in request.json():
+            raise requests.exceptions.ReadTimeout('...but its answer is lost')
+        return real_action(request, context)
+    cinder_mock.m.post('%s/volumes/%s/action' % (cinder_mock.base, cinder_mock.volume_id),
+                       json=attach_then_time_out)
+    make_manager().attach_volume(ctxt, INSTANCE, cinder_mock.volume_id, '/dev/vdb')
+    assert cinder_mock.calls() == LEGACY_OK + [
+        'GET /volumes/VOL', 'POST /volumes/VOL/action:os-detach',
+        'POST /volumes/VOL/action:os-terminate_connection',
+        'POST /volumes/VOL/action:os-unreserve']
+    assert outcome(notifications)[0] == 'instance.volume_attach.error'
