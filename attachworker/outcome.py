@@ -5,6 +5,16 @@ process and keeps filling up after it exits; a one-shot watcher must leave nothi
 behind. So this adapter owns kombu (the library under oslo.messaging's rabbit
 driver) and binds a private, exclusive, auto-deleted queue to the notification
 routing keys of the exchange. It speaks only to AMQP brokers, as the rabbit driver.
+
+A private queue dies with its connection, so a broker restart loses it and the
+watcher fails. A watcher that must outlive a restart names its queue instead
+(``OutcomeWatcher(conf, queue='...')``): durable, shared by nobody, deleted on exit
+(and by the broker ``QUEUE_EXPIRES`` s after its last consumer left, should the
+process die first). On a lost connection it reconnects and declares it again, and
+gets what was routed to it meanwhile. Notifications are persistent, so they survive
+the restart with the queue; the binding does too when the exchange is durable
+(``[oslo_messaging_rabbit] amqp_durable_queues = true``), otherwise what is
+published before the watcher has reconnected is lost.
 """
 import json
 import socket
@@ -21,6 +31,8 @@ import oslo_messaging as messaging
 from attachworker import rpc
 
 PRIORITIES = ('info', 'error')
+#: A named queue left behind by a dead watcher is deleted this long after (s).
+QUEUE_EXPIRES = 600
 
 
 def broker_url(conf: cfg.ConfigOpts) -> str:
@@ -57,35 +69,92 @@ def request_id_of(notification: dict) -> Optional[str]:
 
 
 class OutcomeWatcher:
-    """Collects attachworker notifications from the moment it is entered."""
+    """Collects attachworker notifications from the moment it is entered.
 
-    def __init__(self, conf: cfg.ConfigOpts, topic: str = rpc.NOTIFICATION_TOPIC) -> None:
+    ``queue``: name a durable queue that survives a broker restart (see above);
+    by default the queue is private and the watcher does not survive one.
+    """
+
+    def __init__(self, conf: cfg.ConfigOpts, topic: str = rpc.NOTIFICATION_TOPIC,
+                 queue: Optional[str] = None) -> None:
         self._url = broker_url(conf)
         self._exchange = kombu.Exchange(
             conf.control_exchange, type='topic',
             durable=conf.oslo_messaging_rabbit.amqp_durable_queues,
             auto_delete=conf.oslo_messaging_rabbit.amqp_auto_delete)
         self._topic = topic
+        self._queue_name = queue
+        self._connection: Any = None
         self._received: list = []
         #: Bodies exactly as they came off the wire, for tests that scan them.
         self.raw: list = []
+        #: How often the connection was lost and made again (named queue only).
+        self.reconnects = 0
 
     def __enter__(self) -> 'OutcomeWatcher':
-        self._connection = kombu.Connection(self._url, connect_timeout=5)
-        self._channel = self._connection.channel()
         bindings = [kombu.binding(self._exchange, routing_key='%s.%s' % (self._topic, p))
                     for p in PRIORITIES]
-        queue = kombu.Queue('attachworker-watch-%s-%d' % (socket.gethostname(),
-                                                          time.monotonic_ns()),
-                            bindings=bindings, exclusive=True, auto_delete=True,
-                            durable=False)
-        self._consumer = kombu.Consumer(self._channel, queues=[queue],
-                                        callbacks=[self._on_message], accept=['json'])
-        self._consumer.consume()
+        if self._queue_name:
+            self._queue = kombu.Queue(self._queue_name, bindings=bindings, durable=True,
+                                      auto_delete=False, exclusive=False,
+                                      expires=QUEUE_EXPIRES)
+        else:
+            self._queue = kombu.Queue(
+                'attachworker-watch-%s-%d' % (socket.gethostname(), time.monotonic_ns()),
+                bindings=bindings, exclusive=True, auto_delete=True, durable=False)
+        self._connect()
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
-        self._connection.release()
+        try:
+            if self._queue_name:
+                if self._connection is None:
+                    self._connect()
+                self._queue.delete()
+        except self._lost:
+            pass  # the broker expires it (QUEUE_EXPIRES)
+        finally:
+            self._disconnect()
+
+    def _connect(self) -> None:
+        self._connection = kombu.Connection(self._url, connect_timeout=5)
+        #: What a lost or refused connection raises (kombu wraps some of it).
+        self._lost = (kombu.exceptions.OperationalError,
+                      *self._connection.connection_errors)
+        try:
+            channel = self._connection.channel()
+            self._queue = self._queue(channel)  # declared on consume()
+            kombu.Consumer(channel, queues=[self._queue], callbacks=[self._on_message],
+                           accept=['json']).consume()
+        except BaseException:
+            self._disconnect()
+            raise
+
+    def _disconnect(self) -> None:
+        if self._connection is not None:
+            self._connection.release()
+            self._connection = None
+
+    def _drain(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for messages; False when none came.
+
+        With a named queue, a lost connection (or a failed attempt to make it
+        again) counts as nothing having come; the next call reconnects.
+        """
+        try:
+            if self._connection is None:
+                self._connect()
+                self.reconnects += 1
+            self._connection.drain_events(timeout=timeout)
+            return True
+        except socket.timeout:
+            return False
+        except self._lost:
+            if not self._queue_name:
+                raise
+            self._disconnect()
+            time.sleep(min(timeout, 1.0))
+            return False
 
     def _on_message(self, body: Any, message: Any) -> None:
         self.raw.append(message.body)
@@ -112,17 +181,11 @@ class OutcomeWatcher:
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
-            try:
-                self._connection.drain_events(timeout=min(left, 1.0))
-            except socket.timeout:
-                pass
+            self._drain(min(left, 1.0))
 
     def events(self, request_id: Optional[str] = None) -> list:
         """Everything received so far (for ``request_id`` only, when given)."""
-        try:
-            while True:
-                self._connection.drain_events(timeout=0.2)
-        except socket.timeout:
+        while self._drain(0.2):
             pass
         return [n for n in self._received
                 if request_id is None or request_id_of(n) == request_id]

@@ -89,14 +89,18 @@ class Worker:
 
 
 class Controller:
-    """The controller's side: casts through rpcapi, watches notifications."""
+    """The controller's side: casts through rpcapi, watches notifications.
 
-    def __init__(self, worker: Worker) -> None:
+    ``watch_queue``: a named durable queue for the watcher, so that it survives a
+    broker restart (attachworker.outcome).
+    """
+
+    def __init__(self, worker: Worker, watch_queue: Optional[str] = None) -> None:
         self.conf = cfg.CONF
         config.parse_args(self.conf, ['test', '--config-file', str(worker.config)], 'test')
         self.transport = rpc.get_rpc_transport(self.conf)
         self.api = rpcapi.ComputeAPI(self.conf, self.transport)
-        self.watcher = outcome.OutcomeWatcher(self.conf).__enter__()
+        self.watcher = outcome.OutcomeWatcher(self.conf, queue=watch_queue).__enter__()
 
     def close(self) -> None:
         self.watcher.__exit__(None, None, None)

@@ -24,11 +24,6 @@ def main() -> int:
     conf = cfg.CONF
     config.parse_args(conf, sys.argv, 'attachworker-compute')
     transport = rpc.get_rpc_transport(conf)
-    # Take from RabbitMQ no more casts than there are threads to run them: a cast is
-    # acknowledged when a thread starts it, so what is not taken stays queued in
-    # RabbitMQ for the next start instead of in this process.
-    conf.set_default('rabbit_qos_prefetch_count', conf.executor_thread_pool_size,
-                     group='oslo_messaging_rabbit')
     notification_transport = rpc.get_notification_transport(conf)
     outbox = Outbox(Journal(conf.state_path), Notifier(notification_transport, conf.host))
     cinder_api = CinderAPI(conf)

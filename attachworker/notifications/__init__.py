@@ -1,7 +1,8 @@
 """Publishing the outcome of every operation as versioned notifications.
 
 Event types ``instance.volume_attach.start|end|error`` (and ``volume_detach``),
-priority INFO (ERROR for ``.error``), driver ``messagingv2``, topic
+priority INFO (ERROR for ``.error``), driver ``messagingv2`` (through
+attachworker.notifications.driver, which says when publishing failed), topic
 ``versioned_notifications`` on the ``control_exchange``,
 ``publisher_id = attachworker-compute:<host>``.
 
@@ -15,6 +16,7 @@ from oslo_log import log as logging
 import oslo_messaging as messaging
 
 from attachworker import rpc
+from attachworker.notifications import driver as reporting
 from attachworker.notifications.payload import make_payload
 
 LOG = logging.getLogger(__name__)
@@ -29,7 +31,7 @@ class Notifier:
 
     def __init__(self, transport: messaging.Transport, host: str,
                  publisher: str = 'attachworker-compute',
-                 retry: int = PUBLISH_RETRY, driver: str = 'messagingv2') -> None:
+                 retry: int = PUBLISH_RETRY, driver: str = 'attachworker') -> None:
         self.host = host
         self.publisher_id = '%s:%s' % (publisher, host)
         self._notifier = messaging.Notifier(
@@ -44,10 +46,13 @@ class Notifier:
         values.setdefault('host', self.host)
         try:
             payload = make_payload(action, fault=fault, **values).to_primitive()
+            reporting.outcome.last_error = None
             if phase == 'error':
                 self._notifier.error(ctxt, event_type, payload)
             else:
                 self._notifier.info(ctxt, event_type, payload)
+            if reporting.outcome.last_error is not None:
+                raise reporting.outcome.last_error
         except Exception as exc:  # noqa: BLE001 - an observer never breaks the work
             LOG.error('Could not publish %(event)s for volume %(volume)s: %(exc)s',
                       {'event': event_type, 'volume': values.get('volume_id'),
