@@ -11,7 +11,6 @@ import sys
 import pytest
 
 from tests.functional.fake_cinder import FakeCinder
-from tests.harness import Controller
 from tests.harness import Worker
 
 RABBIT = 'rabbit://guest:guest@127.0.0.1:5672/'
@@ -69,15 +68,3 @@ def make_worker(tmp_path, cinder):
         worker.stop()
 
 
-@pytest.fixture
-def controller():
-    """connect(worker) -> Controller (rpcapi + OutcomeWatcher) over the real broker."""
-    opened = []
-
-    def connect(worker):
-        ctl = Controller(worker)
-        opened.append(ctl)
-        return ctl
-    yield connect
-    for ctl in opened:
-        ctl.close()

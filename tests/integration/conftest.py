@@ -18,7 +18,6 @@ from keystoneauth1 import session as ks_session
 import pytest
 
 from attachworker import context as aw_context
-from tests.harness import Controller
 from tests.harness import Worker
 from tests.harness import read_config
 
@@ -157,19 +156,6 @@ def make_worker(tmp_path, cloud):
     yield make
     for worker in workers:
         worker.stop()
-
-
-@pytest.fixture
-def controller():
-    opened = []
-
-    def connect(worker):
-        ctl = Controller(worker)
-        opened.append(ctl)
-        return ctl
-    yield connect
-    for ctl in opened:
-        ctl.close()
 
 
 def cinder_db(cloud, sql, *params):
