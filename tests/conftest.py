@@ -16,3 +16,25 @@ def controller():
     yield connect
     for ctl in opened:
         ctl.close()
+
+
+# --- figures -------------------------------------------------------------------------
+# What a test prints (throughput, counts, timings) is a figure it reports. pytest
+# captures it; this shows every passing test's figures in one section at the end of
+# the run, before pytest's summary line.
+_FIGURES = []
+
+
+def pytest_runtest_logreport(report):
+    if report.when == 'call' and report.passed and report.capstdout.strip():
+        _FIGURES.append((report.nodeid, report.capstdout.strip()))
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _FIGURES:
+        return
+    terminalreporter.section('figures reported by the tests')
+    for nodeid, text in _FIGURES:
+        terminalreporter.write_line(nodeid)
+        for line in text.splitlines():
+            terminalreporter.write_line('    ' + line)

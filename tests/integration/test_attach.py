@@ -216,3 +216,8 @@ def test_attachworker_cast_cli_waits_and_prints_the_outcome(make_worker, volumes
                              capture_output=True, text=True, timeout=120)
     assert missing.returncode == 1
     assert json.loads(missing.stdout)['event_type'] == 'instance.volume_attach.error'
+    # no worker serves that host: no outcome comes, exit status 2
+    cli[cli.index(worker.host)] = 'no-such-host-%s' % uuid.uuid4().hex[:6]
+    nobody = subprocess.run(cli + [vid, '--wait', '3'], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert nobody.returncode == 2 and 'no outcome' in nobody.stderr
