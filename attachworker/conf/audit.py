@@ -7,7 +7,8 @@ audit_opts = [
     cfg.StrOpt('connection',
                secret=True,
                help="""
-SQLAlchemy URL of the audit store. Unset: SQLite file ``<state_path>/audit.sqlite``.
+SQLAlchemy URL of the audit store. Unset: SQLite file
+``<state_path>/audit.sqlite``.
 
 Possible values:
 
@@ -22,27 +23,60 @@ Related options:
     cfg.StrOpt('pool',
                default='attachworker-audit',
                help="""
-Name of the notification pool (the RabbitMQ queue) audit consumers read from.
+Name of the notification pool (the RabbitMQ queue) audit consumers read
+from.
 
-Every ``attachworker-audit serve`` with the same pool competes for the same
-messages, so adding consumers spreads the load and each notification is stored
-once. Consumers with different pools each receive every notification.
+Every ``attachworker-audit serve`` with the same pool competes for the
+same messages, so adding consumers spreads the load and each
+notification is stored once. Consumers with different pools each receive
+every notification.
 
 Possible values:
 
-* A queue name; keep the default unless two independent audit stores must each
-  receive every notification.
+* A queue name; keep the default unless two independent audit stores
+  must each receive every notification.
 
 Related options:
 
-* ``[DEFAULT] control_exchange``: the exchange the pool's queue is bound to.
+* ``[DEFAULT] control_exchange``: the exchange the pool's queue is bound
+  to.
+"""),
+    cfg.IntOpt('batch_size',
+               default=64,
+               min=1,
+               help="""
+Most notifications stored in one database transaction.
+
+The consumer takes what has arrived, up to this many, stores the batch
+in one transaction and only then acknowledges each message. Larger
+batches mean fewer commits (much faster, on SQLite and PostgreSQL
+alike); a database error requeues the whole batch.
+
+Related options:
+
+* ``batch_timeout``
+* ``[oslo_messaging_rabbit] rabbit_qos_prefetch_count``: ``serve``
+  defaults it to four batches, so the broker always has the next batch
+  on its way.
+"""),
+    cfg.FloatOpt('batch_timeout',
+                 default=0.2,
+                 min=0.0,
+                 help="""
+Seconds the consumer waits for a batch to fill before storing what it
+has: the longest a notification waits for its row when traffic is light.
+
+Related options:
+
+* ``batch_size``
 """),
     cfg.FloatOpt('sqlite_busy_timeout',
                  default=10.0,
                  min=0.0,
                  help="""
-Seconds an SQLite writer waits for another process's write lock before the
-write fails and the notification is requeued. Ignored for other databases.
+Seconds an SQLite writer waits for another process's write lock before
+the write fails and the notification is requeued. Ignored for other
+databases.
 
 Related options:
 
@@ -52,10 +86,10 @@ Related options:
                  default=0.2,
                  min=0.0,
                  help="""
-Seconds to wait before requeueing a notification after the first database
-error. The wait doubles on each consecutive error, up to
-``db_max_retry_interval``, and resets after the first successful write, so a
-database outage never turns into a requeue loop.
+Seconds to wait before requeueing a notification after the first
+database error. The wait doubles on each consecutive error, up to
+``db_max_retry_interval``, and resets after the first successful write,
+so a database outage never turns into a requeue loop.
 
 Related options:
 
@@ -65,8 +99,8 @@ Related options:
                  default=2.0,
                  min=0.0,
                  help="""
-Longest wait, in seconds, before requeueing a notification while the database
-keeps failing.
+Longest wait, in seconds, before requeueing a notification while the
+database keeps failing.
 
 Related options:
 
@@ -76,9 +110,9 @@ Related options:
                default=64 * 1024,
                min=1024,
                help="""
-Largest notification, in bytes, the audit consumer stores. Larger messages are
-recorded in the ``rejected`` table (with an excerpt) and acknowledged. A
-contract notification is well under 4 KiB.
+Largest notification, in bytes, the audit consumer stores. Larger
+messages are recorded in the ``rejected`` table (with an excerpt) and
+acknowledged. A contract notification is well under 4 KiB.
 
 Related options:
 
@@ -88,15 +122,15 @@ Related options:
                default=2048,
                min=64,
                help="""
-Characters of a rejected message kept in the ``rejected`` table, after secrets
-are masked.
+Characters of a rejected message kept in the ``rejected`` table, after
+secrets are masked.
 """),
     cfg.IntOpt('open_operation_timeout',
                default=600,
                min=0,
                help="""
-Seconds after which an operation that has a ``.start`` and no ``.end`` or
-``.error`` counts as open in ``attachworker-audit stats``.
+Seconds after which an operation that has a ``.start`` and no ``.end``
+or ``.error`` counts as open in ``attachworker-audit stats``.
 
 Possible values:
 

@@ -1,0 +1,197 @@
+"""The audit endpoint: where each notification's fate is decided.
+
+Notifications come in batches (oslo.messaging's batch listener); the events of a
+batch are stored in one transaction, and the listener acknowledges each message
+only after :meth:`AuditEndpoint.handle_batch` has returned its fate:
+
+* ``HANDLED`` once its row is committed, once it is known to be a duplicate, or
+  once it is stored in ``rejected``;
+* ``REQUEUE`` only when the database is unavailable, after a back-off shared by
+  all handler threads, so an outage is waited out instead of spinning the message
+  through the broker.
+"""
+import json
+import logging as logging_std
+import threading
+import time
+from typing import Any
+from typing import Optional
+
+from oslo_context import context as o_context
+from oslo_log import log as logging
+import oslo_messaging as messaging
+from oslo_utils import timeutils
+
+from attachworker import context as aw_context
+from attachworker.audit import contract
+from attachworker.audit import masking
+from attachworker.audit.backoff import Backoff
+from attachworker.audit.store import Store
+from attachworker.exception import AuditRecordRefused
+from attachworker.exception import AuditStoreUnavailable
+from attachworker.exception import MalformedNotification
+
+LOG = logging.getLogger(__name__)
+HANDLED = messaging.NotificationResult.HANDLED
+REQUEUE = messaging.NotificationResult.REQUEUE
+
+
+class AuditEndpoint:
+    """Stores notifications; returns HANDLED or REQUEUE for each."""
+
+    def __init__(self, store: Store, *, max_message_size: int, excerpt_length: int,
+                 backoff: Backoff) -> None:
+        self._store = store
+        self._max_size = max_message_size
+        self._excerpt_length = excerpt_length
+        self._backoff = backoff
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self.counts = dict.fromkeys(('stored', 'duplicate', 'rejected', 'requeued'), 0)
+
+    def stop(self) -> None:
+        """Cut back-off waits short: handlers in a wait requeue at once."""
+        self._stopping.set()
+
+    def drain(self, timeout: float) -> int:
+        """Wait until no message is being handled; return how many still are."""
+        deadline = time.monotonic() + timeout
+        while self._in_flight and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self._in_flight
+
+    def handle(self, ctxt: Any, message: Any) -> str:
+        return self.handle_batch([(ctxt, message)])[0]
+
+    def handle_batch(self, items: list) -> list:
+        """(ctxt, message) pairs -> their fates, in the same order."""
+        self._add_in_flight(len(items))
+        try:
+            results = self._handle_batch(items)
+            if REQUEUE in results:
+                self.back_off()
+            return results
+        finally:
+            _forget_log_context()
+            self._add_in_flight(-len(items))
+
+    def back_off(self) -> float:
+        """Wait before a requeue (shorter if stopping); return the wait chosen."""
+        delay = self._backoff.failed()
+        self._stopping.wait(delay)
+        return delay
+
+    def _handle_batch(self, items: list) -> list:
+        received_at = timeutils.utcnow()
+        results = [None] * len(items)
+        events = []
+        for index, (ctxt, message) in enumerate(items):
+            try:
+                events.append((index, contract.parse(ctxt, message, received_at,
+                                                     self._max_size)))
+            except MalformedNotification as exc:
+                results[index] = self.reject(str(exc), _excerpt_source(ctxt, message),
+                                             contract.describe(message))
+        for (index, _), result in zip(events, self._store_events(events, items),
+                                      strict=True):
+            results[index] = result
+        return results
+
+    def _store_events(self, events: list, items: list) -> list:
+        if not events:
+            return []
+        try:
+            stored = self._store.record_events([event for _, event in events])
+        except AuditStoreUnavailable as exc:
+            self._count('requeued', len(events))
+            LOG.warning('Audit store unavailable, %(count)d notifications requeued '
+                        '(requests %(requests)s): %(error)s',
+                        {'count': len(events), 'error': exc,
+                         'requests': ', '.join(sorted({e.request_id for _, e in events}))})
+            return [REQUEUE] * len(events)
+        except AuditRecordRefused as exc:
+            if len(events) > 1:  # one by one, to find the one the database refuses
+                return [result for pair in events
+                        for result in self._store_events([pair], items)]
+            ctxt, message = items[events[0][0]]
+            return [self.reject(str(exc), _excerpt_source(ctxt, message),
+                                contract.describe(message))]
+        self._backoff.succeeded()
+        debug = LOG.isEnabledFor(logging_std.DEBUG)
+        for (_, event), new in zip(events, stored, strict=True):
+            self._count('stored' if new else 'duplicate')
+            if debug:
+                LOG.debug('%(what)s %(event_type)s from %(publisher)s (message '
+                          '%(message_id)s)',
+                          {'what': 'Stored' if new else 'Already stored, acknowledged',
+                           'event_type': event.event_type, 'publisher': event.publisher_id,
+                           'message_id': event.message_id}, context=_log_context(event))
+        return [HANDLED] * len(events)
+
+    def reject(self, reason: str, source: Any, identity: Optional[dict] = None,
+               size: Optional[int] = None) -> str:
+        """Keep a message that is not a storable event; REQUEUE if that fails too.
+
+        The caller backs off (:meth:`back_off`) before requeueing.
+        """
+        identity = identity or {}
+        if isinstance(source, str):  # a raw body: mask it as text
+            text = source
+            excerpt = masking.mask_text(text[:self._excerpt_length * 2])
+        else:  # structured: masked by key before it becomes JSON text
+            text = excerpt = json.dumps(masking.mask(source), default=repr, sort_keys=True)
+        excerpt = excerpt[:self._excerpt_length].replace('\x00', '\\x00')
+        try:
+            self._store.record_rejected(
+                reason=reason, size=len(text) if size is None else size, excerpt=excerpt,
+                received_at=timeutils.utcnow(), **identity)
+        except AuditStoreUnavailable as exc:
+            self._count('requeued')
+            LOG.warning('Audit store unavailable, rejected notification %(message_id)s '
+                        'requeued: %(error)s',
+                        {'message_id': identity.get('message_id'), 'error': exc})
+            return REQUEUE
+        except AuditRecordRefused as exc:
+            # Nothing about this message will ever fit: requeueing would loop.
+            LOG.error('Dropped notification %(message_id)s (%(reason)s): the rejected '
+                      'table refused it too (%(error)s); excerpt: %(excerpt)s',
+                      {'message_id': identity.get('message_id'), 'reason': reason,
+                       'error': exc, 'excerpt': excerpt[:256]})
+            return HANDLED
+        self._backoff.succeeded()
+        self._count('rejected')
+        LOG.warning('Rejected notification %(message_id)s (%(event_type)s from '
+                    '%(publisher_id)s): %(reason)s',
+                    dict({'message_id': None, 'event_type': None, 'publisher_id': None},
+                         **identity, reason=reason))
+        return HANDLED
+
+    def _count(self, what: str, number: int = 1) -> None:
+        with self._lock:
+            self.counts[what] += number
+
+    def _add_in_flight(self, number: int) -> None:
+        with self._lock:
+            self._in_flight += number
+
+
+def _excerpt_source(ctxt: Any, message: Any) -> dict:
+    if isinstance(ctxt, dict):
+        ctxt = {key: value for key, value in ctxt.items()
+                if key not in contract.TRANSPORT_KEYS}
+    return {'context': ctxt, 'message': message}
+
+
+def _log_context(event: contract.AuditEvent) -> aw_context.RequestContext:
+    # overwrite=True: lines logged meanwhile by libraries carry this request too.
+    return aw_context.RequestContext(
+        request_id=event.request_id, global_request_id=event.global_request_id,
+        user_id=event.user_id, project_id=event.project_id, overwrite=True)
+
+
+def _forget_log_context() -> None:
+    # oslo.context keeps the last context made current in a thread and logs it on
+    # lines that have none; there is no public way to drop it. Without this, a line
+    # logged later in this thread without a request would show an old request id.
+    vars(o_context._request_store).pop('context', None)
