@@ -26,11 +26,16 @@ class ComputeAPI:
     the transport (``attachworker.rpc.get_rpc_transport(conf)``).
     """
 
-    def __init__(self, conf: cfg.ConfigOpts, transport: messaging.Transport) -> None:
+    def __init__(self, conf: cfg.ConfigOpts, transport: messaging.Transport,
+                 retry: Optional[int] = None) -> None:
+        """``retry``: connection attempts before a cast fails with
+        MessageDeliveryFailure (None: forever, as a service wants; a CLI wants a few).
+        """
         cap = conf.upgrade_levels.compute or RPC_API_VERSION
         target = messaging.Target(topic=rpc.TOPIC, version=RPC_API_VERSION)
         self.client = messaging.get_rpc_client(
-            transport, target, version_cap=cap, serializer=rpc.RequestContextSerializer())
+            transport, target, version_cap=cap, serializer=rpc.RequestContextSerializer(),
+            retry=retry)
 
     def attach_volume(self, ctxt: Any, host: str, instance: dict, volume_id: str,
                       mountpoint: Optional[str] = None, mode: str = 'rw',

@@ -7,7 +7,8 @@
 Credentials come from the usual ``OS_*`` environment (or ``--os-*`` flags), loaded
 by keystoneauth1; the caller's token, ids, roles and catalog go in the context so
 Cinder judges the request as the caller's. With ``--wait`` the outcome notification
-is printed as JSON; exit status 0 on ``.end``, 1 on ``.error``, 2 on timeout.
+is printed as JSON; exit status 0 on ``.end``, 1 on ``.error``, 2 on timeout, 3 when
+the caller cannot authenticate or the broker cannot be reached.
 """
 import argparse
 import json
@@ -17,7 +18,9 @@ from typing import Optional
 
 from keystoneauth1 import exceptions as ks_exc
 from keystoneauth1 import loading as ks_loading
+from kombu import exceptions as kombu_exc
 from oslo_config import cfg
+import oslo_messaging as messaging
 
 from attachworker import config
 from attachworker import context as aw_context
@@ -26,6 +29,8 @@ from attachworker import rpc
 from attachworker import rpcapi
 
 EXIT_END, EXIT_ERROR, EXIT_TIMEOUT, EXIT_USAGE = 0, 1, 2, 3
+#: Connection attempts to the broker before giving up (a service retries forever).
+BROKER_RETRY = 2
 
 
 def build_parser(argv: List[str]) -> argparse.ArgumentParser:
@@ -76,7 +81,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.availability_zone:
         instance['availability_zone'] = args.availability_zone
     transport = rpc.get_rpc_transport(conf)
-    api = rpcapi.ComputeAPI(conf, transport)
+    api = rpcapi.ComputeAPI(conf, transport, retry=BROKER_RETRY)
 
     def cast() -> None:
         api.attach_volume(ctxt, args.host, instance, args.volume, mountpoint=args.mountpoint,
@@ -92,6 +97,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             cast()
             note = watcher.wait(ctxt.request_id, args.wait, on_event=lambda n: print(
                 'received %s' % n.get('event_type'), file=sys.stderr))
+    except (messaging.MessageDeliveryFailure, OSError, kombu_exc.OperationalError) as exc:
+        print('attachworker-cast: cannot reach the message broker (%s): %s'
+              % (outcome.broker_url(conf).split('@')[-1], exc), file=sys.stderr)
+        return EXIT_USAGE
     finally:
         transport.cleanup()
     if note is None:

@@ -221,3 +221,12 @@ def test_attachworker_cast_cli_waits_and_prints_the_outcome(make_worker, volumes
     nobody = subprocess.run(cli + [vid, '--wait', '3'], env=env, capture_output=True,
                             text=True, timeout=60)
     assert nobody.returncode == 2 and 'no outcome' in nobody.stderr
+    # a broker that does not answer: a clear error and exit status 3, not a hang
+    dead = worker.config.with_name('dead-broker.conf')
+    dead.write_text(worker.config.read_text().replace(
+        'rabbit://guest:guest@127.0.0.1:5672/', 'rabbit://guest:guest@127.0.0.1:1/'))
+    cli[cli.index(str(worker.config))] = str(dead)
+    refused = subprocess.run(cli + [vid, '--wait', '3'], env=env, capture_output=True,
+                             text=True, timeout=120)
+    assert refused.returncode == 3, refused.stderr[-2000:]
+    assert 'cannot reach the message broker (127.0.0.1:1/' in refused.stderr
