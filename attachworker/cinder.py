@@ -321,8 +321,16 @@ class CinderClient:
             volume_id, instance_uuid, mountpoint, mode=mode, host_name=host_name),
             volume_id=volume_id)
 
+    def begin_detaching(self, volume_id: str) -> None:
+        self._call('begin_detaching', lambda c: c.volumes.begin_detaching(volume_id),
+                   volume_id=volume_id)
+
+    def roll_detaching(self, volume_id: str) -> None:
+        self._call('roll_detaching', lambda c: c.volumes.roll_detaching(volume_id),
+                   idempotent=True, volume_id=volume_id)
+
     def detach(self, volume_id: str, attachment_id: Optional[str]) -> None:
-        """Legacy detach (recovery of a legacy attach that reached Cinder)."""
+        """Legacy detach of one attachment."""
         self._call('detach', lambda c: c.volumes.detach(volume_id, attachment_id),
                    idempotent=True, volume_id=volume_id)
 

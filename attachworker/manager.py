@@ -32,8 +32,9 @@ from attachworker.operation import Operation
 
 LOG = logging.getLogger(__name__)
 
-RPC_API_VERSION = '1.0'
+RPC_API_VERSION = '1.1'
 ATTACH = 'volume_attach'
+DETACH = 'volume_detach'
 
 
 class ComputeManager:
@@ -58,34 +59,53 @@ class ComputeManager:
                       mountpoint: Any = None, mode: Any = 'rw', attachment_id: Any = None,
                       **unknown: Any) -> None:
         """Cast: attach ``volume_id`` to ``instance``; the outcome is a notification."""
+        self._run(ctxt, ATTACH, _raw_fields(ctxt, instance, volume_id, mountpoint, mode),
+                  lambda: validation.attach_request(
+                      instance, volume_id, mountpoint, mode, attachment_id, unknown,
+                      self._conf.worker.max_argument_length),
+                  self._attach)
+
+    def detach_volume(self, ctxt: Any, instance: Any = None, volume_id: Any = None,
+                      attachment_id: Any = None, **unknown: Any) -> None:
+        """Cast (1.1): detach ``volume_id`` from ``instance``; outcome as a notification."""
+        self._run(ctxt, DETACH, _raw_fields(ctxt, instance, volume_id, None, None),
+                  lambda: validation.detach_request(
+                      instance, volume_id, attachment_id, unknown,
+                      self._conf.worker.max_argument_length),
+                  self._detach)
+
+    def _run(self, ctxt: Any, action: str, raw: dict, validate: Callable[[], Any],
+             pipeline: Callable[[Any, Any, Operation], None]) -> None:
+        """Journal, validate, notify ``.start``, run ``pipeline`` under the instance's
+        lock, and end with exactly one ``.end`` or ``.error`` (after the undos)."""
         ctxt.update_store()
-        op = Operation(ATTACH, ctxt.request_id, self._conf.host, self.abort, self._journal)
-        op.update(**_raw_fields(ctxt, instance, volume_id, mountpoint, mode))
+        op = Operation(action, ctxt.request_id, self._conf.host, self.abort, self._journal)
+        op.update(**raw)
         try:
             self._journal.begin(op, outbox.context_of(ctxt))
-            req = validation.attach_request(instance, volume_id, mountpoint, mode,
-                                            attachment_id, unknown,
-                                            self._conf.worker.max_argument_length)
+            req = validate()
         except (exception.InvalidInput, exception.JournalError) as exc:
             self._finish(ctxt, op, 'failed', exc)
             return
-        op.update(instance_uuid=req.instance_uuid, volume_id=req.volume_id, mode=req.mode,
-                  mountpoint=req.mountpoint, attachment_id=req.attachment_id,
+        op.update(instance_uuid=req.instance_uuid, volume_id=req.volume_id,
+                  attachment_id=req.attachment_id, mode=getattr(req, 'mode', None),
+                  mountpoint=getattr(req, 'mountpoint', None),
                   project_id=req.instance.get('project_id') or ctxt.project_id,
                   user_id=req.instance.get('user_id') or ctxt.user_id)
-        self._outbox.notify(ctxt, ATTACH, 'start', **op.payload())
+        self._outbox.notify(ctxt, action, 'start', **op.payload())
         try:
             with lockutils.lock('instance-%s' % req.instance_uuid):
-                self._attach(ctxt, req, op)
+                pipeline(ctxt, req, op)
         except Exception as exc:  # noqa: BLE001 - every cast ends with an outcome
             undo_failed = op.undo()
             self._finish(ctxt, op, 'undo_failed' if undo_failed else 'undone', exc,
                          undo_failed)
             return
-        LOG.info('Attached volume %(volume)s to instance %(instance)s at %(dev)s '
-                 '(%(flow)s flow)', {'volume': req.volume_id, 'instance': req.instance_uuid,
-                                     'dev': op.fields.get('mountpoint'),
-                                     'flow': op.fields.get('flow')})
+        LOG.info('%(action)s of volume %(volume)s on instance %(instance)s done '
+                 '(device %(dev)s, %(flow)s flow)',
+                 {'action': action, 'volume': req.volume_id,
+                  'instance': req.instance_uuid, 'dev': op.fields.get('mountpoint'),
+                  'flow': op.fields.get('flow')})
         self._finish(ctxt, op, 'completed')
 
     # --- the pipeline ------------------------------------------------------------------
@@ -160,6 +180,45 @@ class ComputeManager:
             if attached.get('server_id') == req.instance_uuid:
                 return attached.get('attachment_id')
         return None
+
+    def _detach(self, ctxt: Any, req: validation.DetachRequest, op: Operation) -> None:
+        """Detach, in the order Nova does: Cinder is told last, once the host let go."""
+        cinder = op.step('cinder_client', self._cinder.client, ctxt)
+        op.update(flow=cinder.flow)
+        volume = op.step('get_volume', cinder.get, req.volume_id)
+        attached = next((a for a in volume['attachments']
+                         if a.get('server_id') == req.instance_uuid
+                         and req.attachment_id in (None, a.get('attachment_id'))), None)
+        on_host = [a for a in self._driver.get_attachments(req.instance_uuid)
+                   if a['volume_id'] == req.volume_id]
+        if attached is None and not on_host:
+            LOG.info('Volume %s is not attached to instance %s: nothing to do',
+                     req.volume_id, req.instance_uuid)
+            return
+        if attached is not None:
+            op.update(attachment_id=attached.get('attachment_id'),
+                      mountpoint=attached.get('device'))
+        mountpoint = op.fields.get('mountpoint') or (on_host[0]['mountpoint'] if on_host
+                                                     else None)
+        op.update(mountpoint=mountpoint)
+        connector = op.step('connector', self._connector)
+        legacy = cinder.flow == 'legacy' and attached is not None
+        if legacy:
+            op.step('begin_detaching', cinder.begin_detaching, req.volume_id,
+                    undo=('roll_detaching', cinder.roll_detaching, req.volume_id))
+        # The host lets go first: no undo (re-attaching would need the secrets we
+        # never keep); a later failure leaves the volume in-use, and a retry works.
+        op.step('driver_detach', self._driver.detach_volume, ctxt, req.instance,
+                mountpoint, req.volume_id)
+        if attached is None:
+            return  # Cinder had forgotten it already
+        if legacy:
+            op.step('terminate_connection', cinder.terminate_connection, req.volume_id,
+                    connector)
+            op.step('detach', cinder.detach, req.volume_id, op.fields['attachment_id'])
+        else:
+            op.step('attachment_delete', cinder.attachment_delete, op.fields['attachment_id'])
+        op.commit()
 
     @staticmethod
     def _delete_attachment(cinder: Any, op: Operation, req: validation.AttachRequest) -> None:

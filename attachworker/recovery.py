@@ -10,8 +10,9 @@ caller's token may have expired and was never stored. The journal says which ste
 started and which finished; each undo is the same one the pipeline would have
 run, in the same order. By default (``[worker] recovery_action = undo``) anything
 unfinished is undone; ``finish`` completes it instead when the virt driver had
-attached. Either way the cast gets exactly one terminal notification: ``.end``, or
-``.error`` with fault step ``recovery``.
+attached. A detach the host had begun is always finished; one that had not reached
+the host is rolled back. Either way the cast gets exactly one terminal notification:
+``.end``, or ``.error`` with fault step ``recovery``.
 """
 from typing import Any
 from typing import Callable
@@ -72,8 +73,11 @@ class Recovery:
         final = 'attachment_complete' if fields.get('flow') == 'attachments' else 'attach'
         failed: list = []
         try:
-            if final in done or (self._conf.worker.recovery_action == 'finish'
-                                 and 'driver_attach' in done and self._finish(ctxt, fields)):
+            if record['action'] == 'volume_detach':
+                state, failed = self._resolve_detach(ctxt, fields, started, done)
+            elif final in done or (self._conf.worker.recovery_action == 'finish'
+                                   and 'driver_attach' in done
+                                   and self._finish(ctxt, fields)):
                 state = 'completed'
             else:
                 failed = self._undo(ctxt, fields, started, done)
@@ -123,6 +127,35 @@ class Recovery:
             LOG.warning('Could not finish %s (%s): undoing it', fields.get('request_id'), exc)
             return False
         return True
+
+    # --- detaches -----------------------------------------------------------------------
+    def _resolve_detach(self, ctxt: Any, fields: dict, started: set,
+                        done: set) -> tuple:
+        """A detach the host had begun is finished (the host may have let go); one
+        that had not reached the host is rolled back. Returns (state, failed)."""
+        volume_id, instance_uuid = fields.get('volume_id'), fields.get('instance_uuid')
+        if 'get_volume' not in started:
+            return 'undone', []
+        cinder = self._cinder.client(ctxt)
+        try:
+            if 'driver_detach' not in started:
+                if 'begin_detaching' in started and 'roll_detaching' not in done:
+                    cinder.roll_detaching(volume_id)
+                return 'undone', []
+            self._driver.detach_volume(ctxt, {'uuid': instance_uuid},
+                                       fields.get('mountpoint'), volume_id)
+            if fields.get('attachment_id'):
+                if fields.get('flow') == 'legacy':
+                    cinder.terminate_connection(volume_id, fields.get('connector') or {})
+                    cinder.detach_instance(volume_id, instance_uuid)
+                else:
+                    cinder.attachment_delete(fields['attachment_id'])
+        except exception.VolumeNotFound:
+            return 'completed', []
+        except Exception as exc:  # noqa: BLE001 - retried at the next reconcile
+            LOG.error('Recovery of the detach of volume %s failed: %s', volume_id, exc)
+            return 'undo_failed', ['detach']
+        return 'completed', []
 
     # --- undoing ------------------------------------------------------------------------
     def _undo(self, ctxt: Any, fields: dict, started: set, done: set) -> list:

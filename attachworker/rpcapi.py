@@ -3,6 +3,7 @@
 API version history:
 
 * 1.0 - Initial version: ``attach_volume`` (cast).
+* 1.1 - Adds ``detach_volume`` (cast).
 
 Bump the minor version for every additive change, keep this history, and make the
 new argument conditional on ``can_send_version`` so that ``[upgrade_levels]
@@ -16,7 +17,7 @@ import oslo_messaging as messaging
 
 from attachworker import rpc
 
-RPC_API_VERSION = '1.0'
+RPC_API_VERSION = '1.1'
 
 
 class ComputeAPI:
@@ -45,3 +46,14 @@ class ComputeAPI:
         cctxt = self.client.prepare(server=host, version=version)
         cctxt.cast(ctxt, 'attach_volume', instance=instance, volume_id=volume_id,
                    mountpoint=mountpoint, mode=mode, attachment_id=attachment_id)
+
+    def detach_volume(self, ctxt: Any, host: str, instance: dict, volume_id: str,
+                      attachment_id: Optional[str] = None) -> None:
+        """Cast a detach to ``host`` (needs 1.1); the outcome arrives as a notification."""
+        version = '1.1'
+        if not self.client.can_send_version(version):
+            raise messaging.RPCVersionCapError(version=version,
+                                               version_cap=self.client.version_cap)
+        cctxt = self.client.prepare(server=host, version=version)
+        cctxt.cast(ctxt, 'detach_volume', instance=instance, volume_id=volume_id,
+                   attachment_id=attachment_id)

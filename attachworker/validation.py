@@ -60,6 +60,12 @@ def _uuid(name: str, value: Any, max_length: int) -> str:
     return str(uuid.UUID(value))  # canonical form: Cinder and the journal compare it
 
 
+def _no_unknown(unknown: dict) -> None:
+    if unknown:
+        names = ', '.join(sorted(_quote(name) for name in unknown)[:5])
+        raise exception.InvalidInput(reason='unexpected arguments: %s' % names)
+
+
 def _instance(value: Any, max_length: int) -> dict:
     if value is None:
         raise exception.InvalidInput(reason='instance is required')
@@ -76,9 +82,7 @@ def _instance(value: Any, max_length: int) -> dict:
 def attach_request(instance: Any, volume_id: Any, mountpoint: Any, mode: Any,
                    attachment_id: Any, unknown: dict, max_length: int) -> AttachRequest:
     """Check every argument of an ``attach_volume`` cast; raise InvalidInput."""
-    if unknown:
-        names = ', '.join(sorted(_quote(name) for name in unknown)[:5])
-        raise exception.InvalidInput(reason='unexpected arguments: %s' % names)
+    _no_unknown(unknown)
     checked_instance = _instance(instance, max_length)
     checked_volume = _uuid('volume_id', volume_id, max_length)
     if mountpoint is not None:
@@ -92,3 +96,28 @@ def attach_request(instance: Any, volume_id: Any, mountpoint: Any, mode: Any,
         attachment_id = _uuid('attachment_id', attachment_id, max_length)
     return AttachRequest(instance=checked_instance, volume_id=checked_volume,
                          mountpoint=mountpoint, mode=mode, attachment_id=attachment_id)
+
+
+@dataclasses.dataclass(frozen=True)
+class DetachRequest:
+    """A validated ``detach_volume`` cast."""
+
+    instance: dict
+    volume_id: str
+    attachment_id: Optional[str]
+
+    @property
+    def instance_uuid(self) -> str:
+        return self.instance['uuid']
+
+
+def detach_request(instance: Any, volume_id: Any, attachment_id: Any, unknown: dict,
+                   max_length: int) -> DetachRequest:
+    """Check every argument of a ``detach_volume`` cast; raise InvalidInput."""
+    _no_unknown(unknown)
+    checked_instance = _instance(instance, max_length)
+    checked_volume = _uuid('volume_id', volume_id, max_length)
+    if attachment_id is not None:
+        attachment_id = _uuid('attachment_id', attachment_id, max_length)
+    return DetachRequest(instance=checked_instance, volume_id=checked_volume,
+                         attachment_id=attachment_id)

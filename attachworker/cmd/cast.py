@@ -1,8 +1,10 @@
-"""attachworker-cast: cast an attach to a compute host, optionally wait for its outcome.
+"""attachworker-cast: cast an attach or detach to a compute host, optionally wait.
 
     attachworker-cast [--config-file F] attach --host H --instance UUID --volume UUID
                       [--mountpoint /dev/vdb] [--mode rw|ro] [--attachment-id UUID]
                       [--wait SECONDS]
+    attachworker-cast [--config-file F] detach --host H --instance UUID --volume UUID
+                      [--attachment-id UUID] [--wait SECONDS]
 
 Credentials come from the usual ``OS_*`` environment (or ``--os-*`` flags), loaded
 by keystoneauth1; the caller's token, ids, roles and catalog go in the context so
@@ -50,6 +52,13 @@ def build_parser(argv: List[str]) -> argparse.ArgumentParser:
     attach.add_argument('--availability-zone', help="the instance's availability zone")
     attach.add_argument('--wait', type=float, metavar='SECONDS',
                         help='wait for the outcome notification and print it')
+    detach = sub.add_parser('detach', help='cast detach_volume to a host')
+    detach.add_argument('--host', required=True, help='the compute host ([DEFAULT] host)')
+    detach.add_argument('--instance', required=True, help='instance UUID')
+    detach.add_argument('--volume', required=True, help='Cinder volume UUID')
+    detach.add_argument('--attachment-id', help='which attachment, if several')
+    detach.add_argument('--wait', type=float, metavar='SECONDS',
+                        help='wait for the outcome notification and print it')
     return parser
 
 
@@ -78,16 +87,21 @@ def main(argv: Optional[List[str]] = None) -> int:
         return EXIT_USAGE
     instance = {'uuid': args.instance, 'project_id': ctxt.project_id,
                 'user_id': ctxt.user_id}
-    if args.availability_zone:
+    if getattr(args, 'availability_zone', None):
         instance['availability_zone'] = args.availability_zone
     transport = rpc.get_rpc_transport(conf)
     api = rpcapi.ComputeAPI(conf, transport, retry=BROKER_RETRY)
 
     def cast() -> None:
-        api.attach_volume(ctxt, args.host, instance, args.volume, mountpoint=args.mountpoint,
-                          mode=args.mode, attachment_id=args.attachment_id)
-        print('cast attach_volume to host %s: request %s' % (args.host, ctxt.request_id),
-              file=sys.stderr)
+        if args.action == 'attach':
+            api.attach_volume(ctxt, args.host, instance, args.volume,
+                              mountpoint=args.mountpoint, mode=args.mode,
+                              attachment_id=args.attachment_id)
+        else:
+            api.detach_volume(ctxt, args.host, instance, args.volume,
+                              attachment_id=args.attachment_id)
+        print('cast %s_volume to host %s: request %s' % (args.action, args.host,
+                                                        ctxt.request_id), file=sys.stderr)
 
     try:
         if args.wait is None:

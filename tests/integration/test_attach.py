@@ -230,3 +230,29 @@ def test_attachworker_cast_cli_waits_and_prints_the_outcome(make_worker, volumes
                              text=True, timeout=120)
     assert refused.returncode == 3, refused.stderr[-2000:]
     assert 'cannot reach the message broker (127.0.0.1:1/' in refused.stderr
+
+
+@pytest.mark.parametrize('flow', ['attachments', 'legacy'])
+def test_detach_leaves_the_volume_available(flow, make_worker, controller, volumes, sessions,
+                                            admin_cinder):
+    worker = make_worker(cinder__attach_flow=flow)
+    ctl = controller(worker)
+    (vid,) = volumes.make()
+    ctxt = caller_context(sessions['demo'])
+    result, instance_uuid = attach(ctl, worker, ctxt, vid)
+    assert result == 'end' and admin_cinder.volumes.get(vid).status == 'in-use'
+
+    detach = caller_context(sessions['demo'])
+    ctl.api.detach_volume(detach, worker.host, {'uuid': instance_uuid}, vid)
+    seen = ctl.outcomes([detach.request_id], 60)
+    assert seen[detach.request_id] == ['instance.volume_detach.start',
+                                       'instance.volume_detach.end'], ctl.notes(
+        detach.request_id)
+    volume = admin_cinder.volumes.get(vid)
+    assert volume.status == 'available' and volume.attachments == []
+    # a second detach of the same volume changes nothing and still gets its outcome
+    again = caller_context(sessions['demo'])
+    ctl.api.detach_volume(again, worker.host, {'uuid': instance_uuid}, vid)
+    assert ctl.outcomes([again.request_id], 60)[again.request_id][-1] == \
+        'instance.volume_detach.end'
+    assert admin_cinder.volumes.get(vid).status == 'available'

@@ -66,3 +66,17 @@ def _fix(message, cinder_mock):
     fault = data.get('fault')
     if fault:
         fault['message'] = fault['message'].replace(cinder_mock.volume_id, '<volume_id>')
+
+
+def test_detach_start_and_end_match_samples(make_manager, cinder_mock, notifications, conf):
+    ctxt = aw_context.RequestContext(auth_token='t', project_id=PROJECT,
+                                     user_id=INSTANCE['user_id'])
+    cinder_mock.volume.update(status='in-use', attachments=[{
+        'server_id': INSTANCE['uuid'], 'attachment_id': cinder_mock.attachment_id,
+        'device': '/dev/vdb'}])
+    make_manager().detach_volume(ctxt, INSTANCE, cinder_mock.volume_id)
+    (_, _, _, start), (_, _, _, end) = notifications()
+    _fix(start, cinder_mock)
+    _fix(end, cinder_mock)
+    check('instance-volume_detach-start', start)
+    check('instance-volume_detach-end', end)

@@ -156,3 +156,38 @@ def test_live_workers_operations_are_left_alone(conf, cloud, notifications):
     live.step_started(op, 'attachment_update')
     assert recovery.run() == {}
     assert cinder.calls() == [] and notifications() == []
+
+
+def crashed_detach(conf, cinder, flow, last, state):
+    """Journal a detach as a now-dead worker left it at ``last``:``state``."""
+    dead = Journal(conf.state_path, owner=DEAD)
+    op = Operation('volume_detach', 'req-detach', conf.host, observer=dead)
+    op.update(instance_uuid=INSTANCE, volume_id=cinder.volume_id, flow=flow,
+              attachment_id=cinder.attachment_id, mountpoint='/dev/vdb')
+    dead.begin(op, {'request_id': 'req-detach'})
+    steps = ['cinder_client', 'get_volume', 'connector'] + (
+        ['begin_detaching'] if flow == 'legacy' else []) + ['driver_detach']
+    for step in steps[:steps.index(last) + 1]:
+        dead.step_started(op, step)
+        if step != last or state == 'done':
+            dead.step_done(op, step, CONNECTOR if step == 'connector' else None)
+    dead.close()
+
+
+def test_a_detach_the_host_had_begun_is_finished(conf, cloud, notifications):
+    cinder, recovery = cloud
+    crashed_detach(conf, cinder, 'attachments', 'driver_detach', 'started')
+    assert recovery.run() == {'completed': 1}
+    assert cinder.calls() == ['DELETE /attachments/ATT']
+    assert [e for e, _, _, _ in notifications()] == ['instance.volume_detach.end']
+
+
+def test_a_legacy_detach_that_had_not_reached_the_host_is_rolled_back(conf, cloud,
+                                                                      notifications):
+    cinder, recovery = cloud
+    crashed_detach(conf, cinder, 'legacy', 'begin_detaching', 'done')
+    assert recovery.run() == {'undone': 1}
+    assert cinder.calls() == ['POST /volumes/VOL/action:os-roll_detaching']
+    published = notifications()
+    assert [e for e, _, _, _ in published] == ['instance.volume_detach.error']
+    assert published[0][2]['fault']['step'] == 'recovery'

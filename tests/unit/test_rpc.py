@@ -94,3 +94,22 @@ def test_unknown_method_is_logged_and_the_server_goes_on(global_conf, server, ci
     published = wait_for(notifications, 2)
     assert [e for e, _, _, _ in published][-1] == 'instance.volume_attach.end'
     assert 'Rejected RPC format_disk version 1.0: NoSuchMethod' in caplog.text
+
+
+def test_detach_needs_1_1_and_a_cap_of_1_0_refuses_it(global_conf, ctxt):
+    global_conf.set_override('compute', '1.0', group='upgrade_levels')
+    transport = messaging.get_rpc_transport(global_conf, url='fake:///')
+    api = rpcapi.ComputeAPI(global_conf, transport)
+    with pytest.raises(messaging.RPCVersionCapError):
+        api.detach_volume(ctxt, 'compute-unit', {'uuid': GOOD}, GOOD)
+    assert api.client.can_send_version('1.0')  # attach_volume still goes
+
+
+def test_detach_cast_reaches_the_worker(global_conf, server, cinder_mock, ctxt,
+                                        notifications):
+    transport, _ = server
+    rpcapi.ComputeAPI(global_conf, transport).detach_volume(
+        ctxt, 'compute-unit', {'uuid': GOOD}, cinder_mock.volume_id)
+    published = wait_for(notifications, 2)
+    assert [e for e, _, _, _ in published] == ['instance.volume_detach.start',
+                                               'instance.volume_detach.end']
