@@ -25,6 +25,18 @@ from attachworker import rpcapi
 BIN = pathlib.Path(sys.executable).parent
 
 
+def terminate(proc: Optional[subprocess.Popen], timeout: float = 60) -> Optional[int]:
+    """SIGTERM, then SIGKILL after ``timeout`` s; the exit status (None: never started)."""
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode if proc is not None else None
+
+
 def read_config(path) -> dict:
     parser = configparser.ConfigParser(interpolation=None)
     parser.read(path)
@@ -75,14 +87,7 @@ class Worker:
         raise AssertionError('worker did not start:\n' + self.logs()[-3000:])
 
     def stop(self, timeout: float = 60):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode if self.proc else None
+        return terminate(self.proc, timeout)
 
     def logs(self) -> str:
         return ''.join(p.read_text() for p in (self.log, self.out) if p.exists())

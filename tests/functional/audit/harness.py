@@ -8,7 +8,6 @@ deleted at the end and its copies drained from those shared queues (``cleanup``)
 import contextlib
 import pathlib
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -20,6 +19,7 @@ import oslo_messaging as messaging
 from oslo_messaging import opts as messaging_opts
 
 from attachworker.audit import testing
+from tests.harness import terminate
 
 RABBIT = 'rabbit://guest:guest@127.0.0.1:5672/'
 AMQP = 'amqp://guest:guest@127.0.0.1:5672//'
@@ -142,15 +142,11 @@ class Serve:
         raise AssertionError('serve did not start:\n' + self.logs()[-3000:])
 
     def stop(self, timeout: float = 60) -> int:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        running = self.proc is not None and self.proc.poll() is None
+        code = terminate(self.proc, timeout)
+        if running:
             self.output.close()
-        return self.proc.returncode if self.proc else None
+        return code
 
     def counts(self) -> dict:
         """What it said it did, from its last line."""
