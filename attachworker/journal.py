@@ -16,6 +16,7 @@ Test-only fault injection: with ``ATTACHWORKER_TEST_CRASH_AT=<step>:<started|don
 in the environment, the process kills itself with SIGKILL right after journalling
 that step state, as a power cut would.
 """
+import contextlib
 import json
 import os
 import signal
@@ -110,12 +111,24 @@ class Journal(StepObserver):
         self._db.executescript(SCHEMA)
         self._crash_at = os.environ.get(CRASH_ENV)
 
-    def _write(self, sql: str, *params: Any) -> Any:
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One commit (one fsync) for every statement inside; JournalError on failure."""
         try:
             with self._lock:
-                return self._db.execute(sql, params)
+                self._db.execute('BEGIN IMMEDIATE')
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute('ROLLBACK')
+                    raise
+                self._db.execute('COMMIT')
         except sqlite3.Error as exc:
             raise exception.JournalError(reason=str(exc)) from exc
+
+    def _write(self, sql: str, *params: Any) -> Any:
+        with self._transaction() as db:
+            return db.execute(sql, params)
 
     def _read(self, sql: str, *params: Any) -> list:
         with self._lock:
@@ -137,35 +150,26 @@ class Journal(StepObserver):
         outcome notification nor send one for an operation still to be recovered.
         Returns the outbox id of the notification, if one was queued.
         """
-        try:
-            with self._lock:
-                self._db.execute('BEGIN IMMEDIATE')
-                try:
-                    if fields is None:
-                        self._db.execute('UPDATE operations SET state=?, updated_at=? '
-                                         'WHERE op_id=?', (state, time.time(), op_id))
-                    else:
-                        self._db.execute('UPDATE operations SET state=?, fields=?, '
-                                         'updated_at=? WHERE op_id=?',
-                                         (state, json.dumps(fields), time.time(), op_id))
-                    outbox_id = self._queue(**notification) if notification else None
-                except BaseException:
-                    self._db.execute('ROLLBACK')
-                    raise
-                self._db.execute('COMMIT')
-                return outbox_id
-        except sqlite3.Error as exc:
-            raise exception.JournalError(reason=str(exc)) from exc
+        with self._transaction() as db:
+            if fields is None:
+                db.execute('UPDATE operations SET state=?, updated_at=? WHERE op_id=?',
+                           (state, time.time(), op_id))
+            else:
+                db.execute('UPDATE operations SET state=?, fields=?, updated_at=? '
+                           'WHERE op_id=?', (state, json.dumps(fields), time.time(), op_id))
+            return self._queue(**notification) if notification else None
 
     def _record(self, op: Any, step: str, state: str, result: Any = None) -> None:
         if state == 'done':
             self._remember(op, step, result)
         now = time.time()
-        self._write('INSERT INTO steps (op_id, seq, step, state, at) VALUES '
-                    '(?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM steps WHERE op_id=?), '
-                    '?, ?, ?)', op.id, op.id, step, state, now)
-        self._write('UPDATE operations SET last_step=?, step_state=?, fields=?, updated_at=? '
-                    'WHERE op_id=?', step, state, json.dumps(op.fields), now, op.id)
+        with self._transaction() as db:  # the step and the operation's summary together
+            db.execute('INSERT INTO steps (op_id, seq, step, state, at) VALUES '
+                       '(?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM steps WHERE op_id=?), '
+                       '?, ?, ?)', (op.id, op.id, step, state, now))
+            db.execute('UPDATE operations SET last_step=?, step_state=?, fields=?, '
+                       'updated_at=? WHERE op_id=?',
+                       (step, state, json.dumps(op.fields), now, op.id))
         if self._crash_at == '%s:%s' % (step, state):
             LOG.warning('%s=%s: killing this process now (test only)', CRASH_ENV,
                         self._crash_at)
@@ -221,7 +225,7 @@ class Journal(StepObserver):
     # --- outbox ----------------------------------------------------------------------------
     def _queue(self, action: str, phase: str, fields: dict, fault: Optional[dict],
                context: dict) -> int:
-        """INSERT into the outbox; the caller holds the lock."""
+        """INSERT into the outbox; the caller holds a transaction."""
         cursor = self._db.execute(
             'INSERT INTO outbox (request_id, action, phase, fields, fault, context, '
             'created_at) VALUES (?,?,?,?,?,?,?)',
@@ -231,11 +235,8 @@ class Journal(StepObserver):
 
     def queue_notification(self, action: str, phase: str, fields: dict,
                            fault: Optional[dict], context: dict) -> int:
-        try:
-            with self._lock:
-                return self._queue(action, phase, fields, fault, context)
-        except sqlite3.Error as exc:
-            raise exception.JournalError(reason=str(exc)) from exc
+        with self._transaction():
+            return self._queue(action, phase, fields, fault, context)
 
     def is_sent(self, outbox_id: int) -> bool:
         rows = self._read('SELECT sent_at FROM outbox WHERE id=?', outbox_id)
