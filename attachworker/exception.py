@@ -47,15 +47,6 @@ class InvalidInput(AttachWorkerException):
     expected = True
 
 
-class UnsupportedRPCVersion(AttachWorkerException):
-    """The cast asks for an RPC API version this worker does not serve."""
-
-    msg_fmt = ('RPC method %(method)s version %(version)s is not supported by this '
-               'worker (it serves up to %(supported)s)')
-    code = 400
-    expected = True
-
-
 # --- the volume is not attachable ----------------------------------------------------
 
 class VolumeNotFound(AttachWorkerException):
