@@ -9,6 +9,8 @@ from typing import Optional
 
 from oslo_context import context as o_context
 
+#: What a context keeps when it leaves the process (notifications, the journal).
+REDACTED_KEYS = ('request_id', 'global_request_id', 'user_id', 'project_id')
 #: Catalog entries kept in a context: Cinder and Keystone, nothing else.
 _CATALOG_TYPES = ('volume', 'volumev3', 'block-storage', 'identity')
 

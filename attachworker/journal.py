@@ -1,16 +1,16 @@
-"""The journal: a local durable record of every operation and step.
+"""The journal: a local durable record of every operation, step and undo.
 
-oslo.messaging acknowledges a cast before dispatching it, so a worker that dies
-mid-attach would lose it and leave the volume ``reserved`` or ``attaching``. The
-journal closes that window: an operation is written as soon as the cast is
-dispatched, each step before and after it runs, and each notification before it is
-published (the outbox). At start-up, periodically, and on demand, every operation
-whose owner process is gone is finished or undone (attachworker.recovery).
+An operation is written before its cast is acknowledged (attachworker.rpc defers
+the ack until then), each step before and after it runs, the undo of a step in
+the same write as the step's start, and each notification before it is published
+(the outbox). At start-up, periodically and on demand, every operation whose
+owner is gone is finished or undone by replaying its recorded stack
+(attachworker.recovery).
 
 Storage: SQLite in WAL mode with ``synchronous = FULL`` under ``state_path``: every
 write is on disk before the step it records runs. It holds ids, states, the
-connector (no secret in it) and notification payloads (which never carry
-secrets); never tokens or connection_info.
+connector (no secret in it), undo arguments and notification payloads, all
+masked again on the way in; never tokens or connection_info.
 
 Test-only fault injection: with ``ATTACHWORKER_TEST_CRASH_AT=<step>:<started|done>``
 in the environment, the process kills itself with SIGKILL right after journalling
@@ -28,80 +28,39 @@ from typing import Iterator
 from typing import Optional
 
 from oslo_log import log as logging
+from oslo_utils import strutils
 
 from attachworker import exception
+from attachworker import locks
+from attachworker.journal_outbox import OutboxStore
+from attachworker.journal_schema import SCHEMA
+from attachworker.journal_schema import upgrade
 from attachworker.operation import StepObserver
 
 LOG = logging.getLogger(__name__)
 
 CRASH_ENV = 'ATTACHWORKER_TEST_CRASH_AT'
-#: Values kept from step results: what recovery needs, nothing secret.
-_KEEP = ('attachment_id', 'mountpoint', 'flow', 'connector', 'driver_volume_type')
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS operations (
-    op_id TEXT PRIMARY KEY,         -- ours: a controller may reuse a request id
-    request_id TEXT,
-    action TEXT NOT NULL,
-    state TEXT NOT NULL,            -- running | completed | failed | undone | recovered
-    owner TEXT NOT NULL,            -- pid:starttime of the process that runs it
-    fields TEXT NOT NULL,           -- notification fields + connector, JSON
-    context TEXT NOT NULL,          -- request/user/project ids, JSON (never a token)
-    last_step TEXT,
-    step_state TEXT,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS steps (
-    op_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    step TEXT NOT NULL,
-    state TEXT NOT NULL,            -- started | done
-    at REAL NOT NULL,
-    PRIMARY KEY (op_id, seq)
-);
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    request_id TEXT,
-    action TEXT NOT NULL,
-    phase TEXT NOT NULL,
-    fields TEXT NOT NULL,
-    fault TEXT,
-    context TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    sent_at REAL
-);
-CREATE INDEX IF NOT EXISTS outbox_unsent ON outbox (sent_at) WHERE sent_at IS NULL;
-CREATE INDEX IF NOT EXISTS operations_state ON operations (state);
-CREATE INDEX IF NOT EXISTS operations_request ON operations (request_id);
-"""
-
-TERMINAL = ('completed', 'failed', 'undone', 'recovered')
+TERMINAL = ('completed', 'failed', 'undone', 'recovered', 'duplicate')
 
 
-def process_identity(pid: Optional[int] = None) -> str:
-    """``pid:starttime``: unique across pid reuse."""
-    pid = pid or os.getpid()
-    try:
-        with open('/proc/%d/stat' % pid) as f:
-            start = f.read().rsplit(')', 1)[1].split()[19]
-    except (OSError, IndexError):
-        start = '0'
-    return '%d:%s' % (pid, start)
+def dumps(value: Any) -> str:
+    """JSON for the journal: secrets masked, text that cannot be encoded escaped."""
+    if isinstance(value, dict):
+        value = strutils.mask_dict_password(value)
+    elif isinstance(value, str):
+        value = strutils.mask_password(value)
+    return json.dumps(value, default=str)
 
 
-def owner_alive(owner: str) -> bool:
-    pid = int(owner.split(':', 1)[0])
-    return process_identity(pid) == owner
-
-
-class Journal(StepObserver):
-    """Thread-safe; one per process."""
+class Journal(OutboxStore, StepObserver):
+    """Thread-safe; one per process. Its owner lock proves the process is alive."""
 
     def __init__(self, state_path: str, owner: Optional[str] = None) -> None:
         os.makedirs(state_path, exist_ok=True)
+        self.state_path = state_path
         self.path = os.path.join(state_path, 'journal.sqlite')
-        self.owner = owner or process_identity()
+        self.owner = owner or locks.process_identity()
+        self._owner_lock = locks.OwnerLock(state_path, self.owner)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30,
                                    isolation_level=None)
@@ -109,6 +68,7 @@ class Journal(StepObserver):
         self._db.execute('PRAGMA journal_mode=WAL')
         self._db.execute('PRAGMA synchronous=FULL')
         self._db.executescript(SCHEMA)
+        upgrade(self._db)
         self._crash_at = os.environ.get(CRASH_ENV)
 
     @contextlib.contextmanager
@@ -131,16 +91,35 @@ class Journal(StepObserver):
             return db.execute(sql, params)
 
     def _read(self, sql: str, *params: Any) -> list:
-        with self._lock:
-            return [dict(row) for row in self._db.execute(sql, params).fetchall()]
+        try:
+            with self._lock:
+                return [dict(row) for row in self._db.execute(sql, params).fetchall()]
+        except sqlite3.Error as exc:
+            raise exception.JournalError(reason=str(exc)) from exc
 
     # --- operations ----------------------------------------------------------------------
-    def begin(self, op: Any, context: dict) -> None:
+    def begin(self, op: Any, context: dict, unique_id: Optional[str] = None,
+              entry: Optional[dict] = None) -> bool:
+        """Record a new operation (and its first undo); False: ``unique_id`` is known,
+        this delivery is a duplicate of a cast already journalled."""
         now = time.time()
-        self._write('INSERT INTO operations (op_id, request_id, action, state, owner, '
-                    'fields, context, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?)',
-                    op.id, op.fields['request_id'], op.action, 'running', self.owner,
-                    json.dumps(op.fields), json.dumps(context), now, now)
+        try:
+            with self._transaction() as db:
+                db.execute('INSERT INTO operations (op_id, request_id, unique_id, action, '
+                           'state, owner, fields, context, created_at, updated_at) '
+                           'VALUES (?,?,?,?,?,?,?,?,?,?)',
+                           (op.id, op.fields['request_id'], unique_id, op.action, 'running',
+                            self.owner, dumps(op.fields), dumps(context), now, now))
+                if entry:
+                    self._arm(db, op.id, entry)
+        except exception.JournalError as exc:
+            if unique_id and isinstance(exc.__cause__, sqlite3.IntegrityError):
+                return False
+            raise
+        return True
+
+    def known_cast(self, unique_id: str) -> bool:
+        return bool(self._read('SELECT 1 FROM operations WHERE unique_id=?', unique_id))
 
     def finish(self, op_id: str, state: str, fields: Optional[dict] = None,
                notification: Optional[dict] = None) -> Optional[int]:
@@ -156,39 +135,71 @@ class Journal(StepObserver):
                            (state, time.time(), op_id))
             else:
                 db.execute('UPDATE operations SET state=?, fields=?, updated_at=? '
-                           'WHERE op_id=?', (state, json.dumps(fields), time.time(), op_id))
-            return self._queue(**notification) if notification else None
+                           'WHERE op_id=?', (state, dumps(fields), time.time(), op_id))
+            return self._queue(db, **notification) if notification else None
 
-    def _record(self, op: Any, step: str, state: str, result: Any = None) -> None:
-        if state == 'done':
-            self._remember(op, step, result)
+    # --- steps and undos (the StepObserver interface) -------------------------------------
+    @staticmethod
+    def _arm(db: sqlite3.Connection, op_id: str, entry: dict) -> None:
+        db.execute('INSERT OR REPLACE INTO undos (op_id, seq, step, name, kind, args, state) '
+                   'VALUES (?,?,?,?,?,?,?)', (op_id, entry['seq'], entry['step'],
+                                              entry['name'], entry['kind'],
+                                              dumps(entry['args']), entry['state']))
+
+    def _record(self, op: Any, step: str, state: str, extra: Any = None) -> None:
         now = time.time()
-        with self._transaction() as db:  # the step and the operation's summary together
+        with self._transaction() as db:  # the step, its undo and the summary together
             db.execute('INSERT INTO steps (op_id, seq, step, state, at) VALUES '
                        '(?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM steps WHERE op_id=?), '
                        '?, ?, ?)', (op.id, op.id, step, state, now))
             db.execute('UPDATE operations SET last_step=?, step_state=?, fields=?, '
                        'updated_at=? WHERE op_id=?',
-                       (step, state, json.dumps(op.fields), now, op.id))
+                       (step, state, dumps(op.fields), now, op.id))
+            if extra:
+                extra(db)
         if self._crash_at == '%s:%s' % (step, state):
             LOG.warning('%s=%s: killing this process now (test only)', CRASH_ENV,
                         self._crash_at)
             os.kill(os.getpid(), signal.SIGKILL)
 
-    @staticmethod
-    def _remember(op: Any, step: str, result: Any) -> None:
-        if step == 'attachment_create' and isinstance(result, dict):
-            op.fields['attachment_id'] = result.get('id')
-        elif step == 'connector' and isinstance(result, dict):
-            op.fields['connector'] = result
-        elif step == 'reserve_device' and isinstance(result, str):
-            op.fields['mountpoint'] = result
+    def step_started(self, op: Any, step: str, entry: Optional[dict] = None) -> None:
+        self._record(op, step, 'started',
+                     (lambda db: self._arm(db, op.id, entry)) if entry else None)
 
-    def step_started(self, op: Any, step: str) -> None:
-        self._record(op, step, 'started')
+    def step_done(self, op: Any, step: str, result: Any = None,
+                  entries: tuple = (), commit: bool = False) -> None:
+        def extra(db: sqlite3.Connection) -> None:
+            for entry in entries:
+                self._arm(db, op.id, entry)
+            if commit:
+                db.execute("UPDATE undos SET state='committed' WHERE op_id=? AND state="
+                           "'armed'", (op.id,))
+                db.execute('UPDATE operations SET committed=1 WHERE op_id=?', (op.id,))
+        self._record(op, step, 'done', extra)
 
-    def step_done(self, op: Any, step: str, result: Any = None) -> None:
-        self._record(op, step, 'done', result)
+    def step_failed(self, op: Any, step: str, exc: BaseException,
+                    dropped: Optional[dict] = None) -> None:
+        self._record(op, step, 'failed',
+                     (lambda db: self._arm(db, op.id, dropped)) if dropped else None)
+
+    def undo_ran(self, op: Any, entry: dict, error: Optional[BaseException]) -> None:
+        self.set_undo_state(op.id, entry, 'failed' if error else 'done')
+
+    def set_undo_state(self, op_id: str, entry: dict, state: str) -> None:
+        with self._transaction() as db:
+            db.execute('INSERT INTO steps (op_id, seq, step, state, at) VALUES '
+                       '(?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM steps WHERE op_id=?), '
+                       '?, ?, ?)', (op_id, op_id, entry['name'], 'undo_' + state, time.time()))
+            db.execute('UPDATE undos SET state=? WHERE op_id=? AND seq=?',
+                       (state, op_id, entry['seq']))
+
+    def stack(self, op_id: str) -> list:
+        """Every undo entry of an operation, decoded, in seq order."""
+        rows = self._read('SELECT seq, step, name, kind, args, state FROM undos '
+                          'WHERE op_id=? ORDER BY seq', op_id)
+        for row in rows:
+            row['args'] = json.loads(row['args'])
+        return rows
 
     def steps(self, op_id: str) -> list:
         return self._read('SELECT step, state, at FROM steps WHERE op_id=? ORDER BY seq',
@@ -213,7 +224,16 @@ class Journal(StepObserver):
     def orphans(self) -> list:
         """Unfinished operations whose owner process is gone."""
         return [op for op in self.list(('running',), limit=100000)
-                if not owner_alive(op['owner'])]
+                if not locks.owner_alive(self.state_path, op['owner'])]
+
+    def attachments_in_use(self) -> set:
+        """Attachment ids that running operations of live owners hold."""
+        ids = set()
+        for op in self.list(('running',), limit=100000):
+            if op['owner'] == self.owner or locks.owner_alive(self.state_path, op['owner']):
+                if op['fields'].get('attachment_id'):
+                    ids.add(op['fields']['attachment_id'])
+        return ids
 
     def claim(self, op_id: str, previous_owner: str, state: str = 'running') -> bool:
         """Take over an orphan; False when another process took it first."""
@@ -222,42 +242,18 @@ class Journal(StepObserver):
                              time.time(), op_id, previous_owner, state)
         return cursor.rowcount == 1
 
-    # --- outbox ----------------------------------------------------------------------------
-    def _queue(self, action: str, phase: str, fields: dict, fault: Optional[dict],
-               context: dict) -> int:
-        """INSERT into the outbox; the caller holds a transaction."""
-        cursor = self._db.execute(
-            'INSERT INTO outbox (request_id, action, phase, fields, fault, context, '
-            'created_at) VALUES (?,?,?,?,?,?,?)',
-            (fields.get('request_id'), action, phase, json.dumps(fields),
-             json.dumps(fault) if fault else None, json.dumps(context), time.time()))
-        return cursor.lastrowid
-
-    def queue_notification(self, action: str, phase: str, fields: dict,
-                           fault: Optional[dict], context: dict) -> int:
-        with self._transaction():
-            return self._queue(action, phase, fields, fault, context)
-
-    def is_sent(self, outbox_id: int) -> bool:
-        rows = self._read('SELECT sent_at FROM outbox WHERE id=?', outbox_id)
-        return bool(rows and rows[0]['sent_at'])
-
-    def mark_sent(self, outbox_id: int) -> None:
-        self._write('UPDATE outbox SET sent_at=? WHERE id=?', time.time(), outbox_id)
-
-    def unsent(self) -> Iterator[dict]:
-        for row in self._read('SELECT * FROM outbox WHERE sent_at IS NULL ORDER BY id'):
-            row['fields'] = json.loads(row['fields'])
-            row['fault'] = json.loads(row['fault']) if row['fault'] else None
-            row['context'] = json.loads(row['context'])
-            yield row
+    def disown(self, op_id: str) -> None:
+        """Give a claimed operation back: the next round (of any process) retries it."""
+        self._write("UPDATE operations SET owner='nobody' WHERE op_id=? AND owner=?",
+                    op_id, self.owner)
 
     def prune(self, older_than: float) -> None:
         """Forget finished operations and sent notifications older than that (epoch s)."""
         marks = ','.join('?' * len(TERMINAL))
-        self._write('DELETE FROM steps WHERE op_id IN (SELECT op_id FROM '
-                    'operations WHERE state IN (%s) AND updated_at < ?)' % marks,
-                    *TERMINAL, older_than)
+        for table in ('steps', 'undos'):
+            self._write('DELETE FROM %s WHERE op_id IN (SELECT op_id FROM operations '
+                        'WHERE state IN (%s) AND updated_at < ?)' % (table, marks),
+                        *TERMINAL, older_than)
         self._write('DELETE FROM operations WHERE state IN (%s) AND updated_at < ?' % marks,
                     *TERMINAL, older_than)
         self._write('DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ?',
@@ -266,6 +262,7 @@ class Journal(StepObserver):
     def close(self) -> None:
         with self._lock:
             self._db.close()
+        self._owner_lock.release()
 
 
 def _decode(row: dict) -> dict:

@@ -3,8 +3,19 @@
 The pipeline in attachworker.manager runs each step through ``Operation.step`` so
 that the step it failed at is known (it becomes ``fault.step``), shutdown can stop
 it between two steps, and a step observer (the journal) sees every step before
-and after it runs. Undos are pushed right after the step they reverse succeeds and
-run in reverse order; a failing undo is logged and does not stop the others.
+and after it runs.
+
+The undo of a step is named when the step starts, as a name and its arguments
+(attachworker.undo runs it), and the observer journals it with the step's start:
+so the undo exists exactly when its step may have done something, in this
+process's memory and on disk alike. A step that fails with a definite refusal
+(an ``expected`` error: a 4xx, a volume in the wrong state) did nothing, and its
+undo is dropped; any other failure (a timeout, a 5xx, a dropped connection) keeps
+it. ``commit`` ends the operation: nothing is to be undone any more.
+
+Observer errors (a journal that cannot be written) before a step stop the
+operation before the step runs; during the undos they are logged and every undo
+still runs.
 """
 import threading
 import time
@@ -16,6 +27,7 @@ import uuid
 from oslo_log import log as logging
 
 from attachworker import exception
+from attachworker import undo as undo_rules
 
 LOG = logging.getLogger(__name__)
 
@@ -23,11 +35,21 @@ LOG = logging.getLogger(__name__)
 class StepObserver:
     """Sees every step of every operation. The default sees nothing."""
 
-    def step_started(self, op: 'Operation', step: str) -> None:
-        """Called before ``step`` runs."""
+    def step_started(self, op: 'Operation', step: str, entry: Optional[dict]) -> None:
+        """Before ``step`` runs; ``entry`` is the undo it arms, if any."""
 
-    def step_done(self, op: 'Operation', step: str, result: Any = None) -> None:
-        """Called after ``step`` succeeded."""
+    def step_done(self, op: 'Operation', step: str, result: Any = None,
+                  entries: tuple = (), commit: bool = False) -> None:
+        """After ``step`` succeeded; ``entries``: its undo re-armed with the ids the
+        step returned, a resume entry it armed; ``commit``: the operation is
+        complete with this step."""
+
+    def step_failed(self, op: 'Operation', step: str, exc: BaseException,
+                    dropped: Optional[dict]) -> None:
+        """``step`` raised; ``dropped`` is its undo when the failure was definite."""
+
+    def undo_ran(self, op: 'Operation', entry: dict, error: Optional[BaseException]) -> None:
+        """An entry of the stack ran (``error`` None when it succeeded)."""
 
 
 class Operation:
@@ -44,7 +66,8 @@ class Operation:
         self.fields: dict = {'request_id': request_id, 'host': host}
         self.current_step = 'validate'
         self.completed_steps: list = []
-        self._undo: list = []
+        self.stack: list = []
+        self._seq = 0
         self._abort = abort or threading.Event()
         self._observer = observer or StepObserver()
         self._started = time.monotonic()
@@ -61,56 +84,83 @@ class Operation:
         return values
 
     # --- steps ---------------------------------------------------------------------------
+    def _entry(self, step: str, spec: tuple, kind: str) -> dict:
+        self._seq += 1
+        name, args = spec
+        return {'seq': self._seq, 'step': step, 'name': name, 'args': dict(args),
+                'kind': kind, 'state': 'armed'}
+
+    def arm(self, step: str, undo: tuple) -> dict:
+        """An undo armed with the operation's first record (Journal.begin)."""
+        entry = self._entry(step, undo, undo_rules.UNDO)
+        self.stack.append(entry)
+        return entry
+
     def step(self, name: str, fn: Callable[..., Any], *args: Any,
-             undo: Optional[tuple] = None, **kwargs: Any) -> Any:
+             undo: Optional[tuple] = None, finish: Optional[tuple] = None,
+             rearm: Optional[Callable[[Any], dict]] = None, resume: Optional[tuple] = None,
+             commit: bool = False, **kwargs: Any) -> Any:
         """Run one pipeline step, unless the worker is stopping.
 
-        ``undo`` is ``(name, fn, *args)``: it is pushed when the step succeeds, and
-        also when it fails in a way that leaves open whether the other side did it
-        (a timeout, a 5xx, a dropped connection: any failure not marked
-        ``expected``). A definite refusal (a 4xx, a volume in the wrong state) did
-        nothing, and undoing it could undo someone else's work.
+        ``undo`` is ``(undo_name, {arguments})``; ``finish`` the same for an entry
+        that finishes the operation instead and supersedes the undos armed before
+        it. ``rearm(result)`` gives arguments to update in the undo once the step
+        answered (an id it returned). ``resume``: an entry armed once the step
+        succeeded, that recovery may run to complete the operation instead of
+        undoing it. ``commit``: the operation is complete when this step succeeds,
+        atomically with the step's record.
         """
         if self._abort.is_set():
             self.current_step = 'shutdown'
             raise exception.ShuttingDown(reason='stopped before step %s' % name)
         self.current_step = name
-        self._observer.step_started(self, name)
+        entry = None
+        if undo or finish:
+            entry = self._entry(name, finish or undo,
+                                undo_rules.FINISH if finish else undo_rules.UNDO)
+        self._observer.step_started(self, name, entry)  # JournalError: the step never ran
+        if entry:
+            self.stack.append(entry)
         try:
             result = fn(*args, **kwargs)
         except Exception as exc:
-            if undo and not getattr(exc, 'expected', False):
-                self.push_undo(*undo)
+            dropped = None
+            if entry and getattr(exc, 'expected', False):
+                entry['state'] = 'dropped'
+                dropped = entry
+            try:
+                self._observer.step_failed(self, name, exc, dropped)
+            except exception.JournalError as journal_exc:
+                LOG.error('Could not journal the failure of step %s: %s', name, journal_exc)
             raise
         self.completed_steps.append(name)
-        self._observer.step_done(self, name, result)
-        if undo:
-            self.push_undo(*undo)
+        changed = []
+        if entry and rearm:
+            entry['args'].update(rearm(result))
+            changed.append(entry)
+        if resume:
+            changed.append(self._entry(name, resume, undo_rules.RESUME))
+            self.stack.append(changed[-1])
+        self._observer.step_done(self, name, result, tuple(changed), commit)
+        if commit:
+            self.commit()
         return result
-
-    def push_undo(self, name: str, fn: Callable[..., Any], *args: Any) -> None:
-        self._undo.append((name, fn, args))
 
     def commit(self) -> None:
         """The operation is complete: nothing is to be undone any more."""
-        self._undo.clear()
+        for entry in self.stack:
+            if entry['state'] == 'armed':
+                entry['state'] = 'committed'
 
-    def undo(self) -> list:
-        """Run the undo stack, newest first; return the names of undos that failed."""
-        failed = []
-        while self._undo:
-            name, fn, args = self._undo.pop()
-            self._observer.step_started(self, name)
-            try:
-                fn(*args)
-            except Exception as exc:  # noqa: BLE001 - try every undo, report the rest
-                LOG.error('Undo %(undo)s of %(action)s for volume %(volume)s failed: %(exc)s',
-                          {'undo': name, 'action': self.action,
-                           'volume': self.fields.get('volume_id'), 'exc': exc})
-                failed.append(name)
-            else:
-                self._observer.step_done(self, name)
-        return failed
+    def undo(self, compensator: Any) -> tuple:
+        """Run the stack (attachworker.undo.run_stack); (failed names, finished)."""
+        return undo_rules.run_stack(self.stack, compensator, self._ran)
+
+    def _ran(self, entry: dict, error: Optional[BaseException]) -> None:
+        try:
+            self._observer.undo_ran(self, entry, error)
+        except exception.JournalError as journal_exc:
+            LOG.error('Could not journal undo %s: %s', entry['name'], journal_exc)
 
     def fault(self, exc: BaseException, undo_failed: Optional[list] = None) -> dict:
         message = str(exc) or type(exc).__name__

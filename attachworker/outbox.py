@@ -2,10 +2,13 @@
 
 ``notify`` writes the notification to the journal, then publishes it; if the
 broker is down it stays unsent and ``flush`` (at start-up and periodically)
-publishes it later, in order. A crash between publishing and marking it sent can
-publish it twice: delivery is at least once, as for every oslo.messaging
-notification, and consumers de-duplicate. If the journal itself cannot be written,
-the notification is published directly: an outcome is never withheld.
+publishes it later, in order. Every publication of a row carries the row's event
+id as its ``message_id``: a crash between publishing and marking it sent
+publishes it twice, and the audit store keeps it once. A row that fails for a
+reason of its own (its payload cannot be built or encoded) is parked after a few
+tries (attachworker.journal_outbox) and the rows after it still go out. If the
+journal itself cannot be written, the notification is published directly: an
+outcome is never withheld.
 """
 import threading
 from typing import Any
@@ -30,6 +33,7 @@ class Outbox:
     def __init__(self, journal: Any, notifier: Any) -> None:
         self.journal = journal
         self._notifier = notifier
+        self.host = getattr(notifier, 'host', None)
         self._sending: set = set()
         self._lock = threading.Lock()
 
@@ -52,30 +56,50 @@ class Outbox:
         with self._lock:
             if outbox_id in self._sending:
                 return False
-            if self.journal.is_sent(outbox_id):
-                return True
             self._sending.add(outbox_id)
         try:
-            if not self._notifier.notify(ctxt, action, phase, fault=fault, **fields):
+            row = self.journal.outbox_row(outbox_id)
+            if row is None or row['sent_at']:
+                return True
+            if not self._notifier.notify(ctxt, action, phase, fault=fault,
+                                         event=(row['event_id'], row['created_at']),
+                                         **fields):
+                if self._notifier.last_failure_is_poison():
+                    parked = self.journal.mark_failed(outbox_id,
+                                                      self._notifier.last_failure())
+                    LOG.error('Notification %s (%s.%s) cannot be published%s', outbox_id,
+                              action, phase, ': parked' if parked else '')
                 return False
-            self.journal.mark_sent(outbox_id)
+            try:
+                self.journal.mark_sent(outbox_id)
+            except exception.JournalError as exc:
+                # It is out. Left unsent, it is published again later under the same
+                # event id, and the audit store keeps it once.
+                LOG.error('Published notification %s, but could not record it: %s',
+                          outbox_id, exc)
             return True
+        except exception.JournalError as exc:
+            LOG.error('Journal unavailable (%s): publishing %s.%s directly', exc, action,
+                      phase)
+            return self._notifier.notify(ctxt, action, phase, fault=fault, **fields)
         finally:
             with self._lock:
                 self._sending.discard(outbox_id)
 
     def flush(self) -> int:
-        """Publish what could not be published before; stop at the first failure."""
+        """Publish what could not be published before; stop at a broker outage."""
         sent = 0
         for row in self.journal.unsent():
             ctxt = aw_context.RequestContext(overwrite=False, **{
-                k: v for k, v in row['context'].items() if v is not None})
-            if not self.send(row['id'], ctxt, row['action'], row['phase'], row['fault'],
-                             row['fields']):
+                k: v for k, v in row['context'].items()
+                if v is not None and k in aw_context.REDACTED_KEYS})
+            if self.send(row['id'], ctxt, row['action'], row['phase'], row['fault'],
+                         row['fields']):
+                sent += 1
+            elif not self._notifier.last_failure_is_poison():
                 LOG.warning('Notifications still cannot be published; %d sent, the rest '
                             'stays queued in the journal', sent)
                 break
-            sent += 1
         if sent:
             LOG.info('Published %d queued notification(s)', sent)
         return sent

@@ -2,8 +2,10 @@
 
 Delivery semantics, decided here and nowhere else:
 
-* RPC casts are acknowledged by oslo.messaging *before* dispatch, so a cast arrives
-  at most once; the compute worker's journal covers the window after the ack.
+* RPC casts to the compute worker are acknowledged once the journal has them
+  (attachworker.delivery): a cast is delivered at least once, and a delivery the
+  journal already knows is dropped, so each cast runs once.
+* RPC calls are acknowledged on arrival, as oslo.messaging does: at most once.
 * Notifications are acknowledged by listeners *after* the handler returns, so they
   arrive at least once; consumers de-duplicate on ``message_id``.
 """
@@ -12,25 +14,41 @@ from typing import Any
 from oslo_config import cfg
 from oslo_log import log as logging
 import oslo_messaging as messaging
+from oslo_messaging._drivers import impl_rabbit
 from oslo_messaging.rpc import dispatcher as rpc_dispatcher
 from oslo_messaging.rpc import server as rpc_server
 
 from attachworker import context as aw_context
+from attachworker import delivery
+from attachworker import validation
 
 LOG = logging.getLogger(__name__)
 
 TOPIC = 'compute'
 NOTIFICATION_TOPIC = 'versioned_notifications'
 DEFAULT_EXCHANGE = 'attachworker'
+#: ``[oslo_messaging_rabbit] rabbit_qos_prefetch_count`` (oslo.messaging: 0, no
+#: limit). Casts are acknowledged once journalled, so this is how many casts a
+#: worker holds unacknowledged: as many as ``executor_thread_pool_size`` (64)
+#: keeps every thread busy; more only holds casts that wait for a thread (a kill
+#: returns them to the queue, where they are safe anyway) and their memory.
+PREFETCH = 64
 
 
 def set_defaults(conf: cfg.ConfigOpts) -> None:
-    """attachworker never shares Nova's exchange: default ``control_exchange``."""
+    """attachworker never shares Nova's exchange: default ``control_exchange``;
+    and the worker never pulls more casts than it has threads for."""
     messaging.set_transport_defaults(control_exchange=DEFAULT_EXCHANGE)
-    try:  # already registered on this conf: change its default too
-        conf.set_default('control_exchange', DEFAULT_EXCHANGE)
-    except cfg.NoSuchOptError:
-        pass
+    for opt in impl_rabbit.rabbit_opts:
+        if opt.dest == 'rabbit_qos_prefetch_count':
+            opt.default = PREFETCH
+    for name, group, value in (('control_exchange', None, DEFAULT_EXCHANGE),
+                               ('rabbit_qos_prefetch_count', 'oslo_messaging_rabbit',
+                                PREFETCH)):
+        try:  # already registered on this conf: change its default too
+            conf.set_default(name, value, group=group)
+        except (cfg.NoSuchOptError, cfg.NoSuchGroupError):
+            pass
 
 
 def get_rpc_transport(conf: cfg.ConfigOpts) -> messaging.Transport:
@@ -56,8 +74,18 @@ class RequestContextSerializer(messaging.Serializer):
     def serialize_context(self, ctxt: aw_context.RequestContext) -> dict:
         return ctxt.to_dict()
 
-    def deserialize_context(self, ctxt: dict) -> aw_context.RequestContext:
-        return aw_context.RequestContext.from_dict(ctxt)
+    def deserialize_context(self, ctxt: Any) -> aw_context.RequestContext:
+        """A context that cannot be trusted to be read is replaced by a fresh one
+        carrying ``invalid`` (the reason): the cast still gets its ``.error``."""
+        problem = validation.context_problem(ctxt)
+        if problem is None:
+            try:
+                return aw_context.RequestContext.from_dict(ctxt)
+            except Exception as exc:  # noqa: BLE001 - whatever oslo.context refuses
+                problem = 'unreadable context: %s' % type(exc).__name__
+        safe = aw_context.RequestContext(overwrite=False)
+        safe.invalid = problem
+        return safe
 
 
 class NotificationContextSerializer(RequestContextSerializer):
@@ -72,38 +100,77 @@ class NotificationContextSerializer(RequestContextSerializer):
 class Dispatcher(rpc_dispatcher.RPCDispatcher):
     """RPCDispatcher that gives undeliverable casts an outcome.
 
-    oslo.messaging raises UnsupportedVersion/NoSuchMethod (or a serializer error)
-    before any endpoint runs, and the server then logs a bare traceback. Here the
-    failure is logged in one clear line and handed to ``on_reject(ctxt, method,
-    exc)`` so the endpoint can publish the ``.error`` the caller is waiting for.
+    Only the endpoint's ``RPC_METHODS`` are reachable: any other name (a helper
+    of the manager, an attribute) is NoSuchMethod. oslo.messaging raises
+    UnsupportedVersion/NoSuchMethod before any endpoint runs, and the server then
+    logs a bare traceback. Here the failure is logged in one clear line and handed
+    to ``on_reject(ctxt, method, exc)`` so the endpoint can publish the ``.error``
+    the caller is waiting for. What an endpoint method raises is its own business:
+    the endpoint has already published the outcome, and no second one is sent.
     """
 
     def __init__(self, endpoints: list, serializer: messaging.Serializer,
                  on_reject: Any) -> None:
         super().__init__(endpoints, serializer)
         self._on_reject = on_reject
+        self._allowed = set()
+        for endpoint in endpoints:
+            self._allowed.update(getattr(endpoint, 'RPC_METHODS', ()))
 
     def dispatch(self, incoming: Any) -> Any:
+        with delivery.delivering(incoming):
+            return self._dispatch(incoming)
+
+    def _dispatch(self, incoming: Any) -> Any:
+        message = incoming.message if isinstance(incoming.message, dict) else {}
+        method = message.get('method')
         try:
+            if not isinstance(method, str) or method not in self._allowed:
+                raise rpc_dispatcher.NoSuchMethod(str(method)[:64])
             return super().dispatch(incoming)
-        except Exception as exc:  # noqa: BLE001 - nothing may kill the server loop
+        except (rpc_dispatcher.NoSuchMethod, rpc_dispatcher.UnsupportedVersion) as exc:
+            self._reject(incoming, exc)
+        except Exception:  # noqa: BLE001 - nothing may kill the server loop
+            LOG.exception('RPC method %s raised; its outcome was already published',
+                          str(method)[:64])
+        return None
+
+    def _reject(self, incoming: Any, exc: Exception) -> None:
+        try:
             message = incoming.message if isinstance(incoming.message, dict) else {}
             method = str(message.get('method'))[:64]
             version = str(message.get('version', '1.0'))[:16]
             LOG.error('Rejected RPC %(method)s version %(version)s: %(kind)s: %(exc)s',
                       {'method': method, 'version': version,
                        'kind': type(exc).__name__, 'exc': exc})
-            try:
-                ctxt = aw_context.RequestContext.from_dict(incoming.ctxt)
-            except Exception:  # noqa: BLE001 - a malformed context still gets an answer
-                ctxt = aw_context.get_admin_context()
+            ctxt = self.serializer.deserialize_context(incoming.ctxt)
             self._on_reject(ctxt, method, exc)
-            return None
+        except Exception:  # noqa: BLE001 - nothing may kill the server loop
+            LOG.exception('Could not reject an RPC message')
+
+
+class ComputeRPCServer(rpc_server.RPCServer):
+    """An RPCServer whose casts are acknowledged once journalled."""
+
+    def __init__(self, *args: Any, known_cast: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._known_cast = known_cast
+
+    def _create_listener(self) -> Any:
+        listener = super()._create_listener()
+        if self._known_cast is not None:
+            delivery.install(listener, self._known_cast)
+        return listener
 
 
 def get_rpc_server(transport: messaging.Transport, host: str, endpoint: Any,
-                   on_reject: Any) -> messaging.MessageHandlingServer:
-    """An RPC server on topic ``compute``, server ``host``, threading executor."""
+                   on_reject: Any, known_cast: Any = None) -> messaging.MessageHandlingServer:
+    """An RPC server on topic ``compute``, server ``host``, threading executor.
+
+    ``known_cast(unique_id)`` says whether the journal has a cast: with it, casts
+    are acknowledged once journalled (attachworker.delivery).
+    """
     target = messaging.Target(topic=TOPIC, server=host)
     dispatcher = Dispatcher([endpoint], RequestContextSerializer(), on_reject)
-    return rpc_server.RPCServer(transport, target, dispatcher, executor='threading')
+    return ComputeRPCServer(transport, target, dispatcher, executor='threading',
+                            known_cast=known_cast)

@@ -25,6 +25,8 @@ LOG = logging.getLogger(__name__)
 #: Seconds granted after the abort for undos to run before exiting regardless.
 ABORT_GRACE = 30
 FLUSH_INTERVAL = 5
+#: Seconds that start-up recovery gets to finish its operation after SIGTERM.
+STARTUP_STOP_GRACE = 5
 
 
 class WorkerService:
@@ -54,7 +56,9 @@ class WorkerService:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        self.housekeeping(recover=True)
+        if not self._start_up():
+            LOG.info('attachworker-compute stopped during start-up recovery')
+            return 0
         self._server.start()
         LOG.info('attachworker-compute ready')
         threading.Thread(target=self._periodic, name='reconcile', daemon=True).start()
@@ -73,11 +77,28 @@ class WorkerService:
         LOG.info('attachworker-compute stopped')
         return 0
 
+    def _start_up(self) -> bool:
+        """Recovery before consuming, in a thread so that SIGTERM is heard at once.
+
+        False when a signal came first: recovery stops after the operation it is
+        at (or is left behind if a call hangs: its claim dies with this process,
+        and the next start takes the operation up again).
+        """
+        recovering = threading.Thread(target=self.housekeeping, args=(True,),
+                                      name='start-up-recovery', daemon=True)
+        recovering.start()
+        while recovering.is_alive():
+            recovering.join(0.2)
+            if self._stop.is_set():
+                recovering.join(STARTUP_STOP_GRACE)
+                return False
+        return not self._stop.is_set()
+
     def housekeeping(self, recover: bool) -> None:
         """Recovery (when asked), queued notifications, journal pruning; never raises."""
         try:
             if recover:
-                self._recovery.run()
+                self._recovery.run(self._stop)
             self._outbox.flush()
             if recover:
                 self._outbox.journal.prune(time.time() - self._retention)

@@ -21,8 +21,31 @@ MODES = ('rw', 'ro')
 INSTANCE_OPTIONAL = ('project_id', 'user_id', 'availability_zone', 'display_name')
 
 
+#: Context values a cast may carry, and the type each must have.
+CONTEXT_STRINGS = ('request_id', 'global_request_id', 'user_id', 'project_id',
+                   'auth_token', 'user_domain_id', 'project_domain_id', 'user_name',
+                   'project_name')
+REQUEST_ID_RE = re.compile(r'[A-Za-z0-9._:-]{1,255}')
+
+
+class _Request:
+    instance: dict
+
+    @property
+    def instance_uuid(self) -> str:
+        return self.instance['uuid']
+
+    def identity(self, ctxt: Any) -> dict:
+        """The operation's fields once the cast is valid."""
+        return {'instance_uuid': self.instance_uuid, 'volume_id': self.volume_id,
+                'attachment_id': self.attachment_id, 'mode': getattr(self, 'mode', None),
+                'mountpoint': getattr(self, 'mountpoint', None),
+                'project_id': self.instance.get('project_id') or ctxt.project_id,
+                'user_id': self.instance.get('user_id') or ctxt.user_id}
+
+
 @dataclasses.dataclass(frozen=True)
-class AttachRequest:
+class AttachRequest(_Request):
     """A validated ``attach_volume`` cast."""
 
     instance: dict
@@ -31,9 +54,39 @@ class AttachRequest:
     mode: str
     attachment_id: Optional[str]
 
-    @property
-    def instance_uuid(self) -> str:
-        return self.instance['uuid']
+
+def encodable(value: str) -> bool:
+    """Can the text be stored and published (UTF-8)? A lone surrogate cannot."""
+    try:
+        value.encode('utf-8')
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def text_or_none(value: Any, max_length: int = 255) -> Optional[str]:
+    """Best-effort text for the ``.error`` of a malformed cast: never unencodable."""
+    if not isinstance(value, str) or not encodable(value):
+        return None
+    return value[:max_length]
+
+
+def raw_fields(ctxt: Any, instance: Any, volume_id: Any, mountpoint: Any,
+               mode: Any) -> dict:
+    """Best-effort identity of a (maybe malformed) cast, for its ``.error``."""
+    uuid_ = instance.get('uuid') if isinstance(instance, dict) else None
+    return {'instance_uuid': text_or_none(uuid_), 'volume_id': text_or_none(volume_id),
+            'mountpoint': text_or_none(mountpoint), 'mode': text_or_none(mode),
+            'project_id': text_or_none(ctxt.project_id),
+            'user_id': text_or_none(ctxt.user_id)}
+
+
+def check_context(ctxt: Any) -> None:
+    """The RPC context is input too: every value a string of sane length, roles a
+    list of strings. (attachworker.rpc replaced what it could not read.)"""
+    invalid = getattr(ctxt, 'invalid', None)
+    if invalid:
+        raise exception.InvalidInput(reason='bad RPC context: %s' % invalid)
 
 
 def _quote(value: Any) -> str:
@@ -45,6 +98,9 @@ def _string(name: str, value: Any, max_length: int) -> str:
     if not isinstance(value, str):
         raise exception.InvalidInput(
             reason='%s must be a string, got %s' % (name, type(value).__name__))
+    if not encodable(value):
+        raise exception.InvalidInput(reason='%s is not valid text (it cannot be encoded '
+                                     'as UTF-8)' % name)
     if len(value) > max_length:
         raise exception.InvalidInput(reason='%s is too long (%d characters, at most %d)'
                                      % (name, len(value), max_length))
@@ -98,17 +154,38 @@ def attach_request(instance: Any, volume_id: Any, mountpoint: Any, mode: Any,
                          mountpoint=mountpoint, mode=mode, attachment_id=attachment_id)
 
 
+def context_problem(values: Any) -> Optional[str]:
+    """What is wrong with a serialized RPC context, or None."""
+    if not isinstance(values, dict):
+        return 'the context is a %s, not a dict' % type(values).__name__
+    for key in CONTEXT_STRINGS:
+        value = values.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            return '%s must be a string, got %s' % (key, type(value).__name__)
+        if not encodable(value) or len(value) > 8192:
+            return '%s is not valid text or too long' % key
+    for key in ('request_id', 'global_request_id'):
+        if values.get(key) and not REQUEST_ID_RE.fullmatch(values[key]):
+            return '%s has characters a request id cannot have: %s' % (key, _quote(values[key]))
+    roles = values.get('roles')
+    if roles is not None and not (isinstance(roles, list) and len(roles) < 256 and all(
+            isinstance(r, str) and encodable(r) and len(r) < 256 for r in roles)):
+        return 'roles must be a list of strings'
+    catalog = values.get('service_catalog')
+    if catalog is not None and not isinstance(catalog, list):
+        return 'service_catalog must be a list'
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
-class DetachRequest:
+class DetachRequest(_Request):
     """A validated ``detach_volume`` cast."""
 
     instance: dict
     volume_id: str
     attachment_id: Optional[str]
-
-    @property
-    def instance_uuid(self) -> str:
-        return self.instance['uuid']
 
 
 def detach_request(instance: Any, volume_id: Any, attachment_id: Any, unknown: dict,

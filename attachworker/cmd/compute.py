@@ -31,7 +31,8 @@ def main() -> int:
     manager = ComputeManager(conf, cinder_api, driver, outbox,
                              functools.partial(connector.get_connector_properties, conf))
     recovery = Recovery(conf, cinder_api, driver, outbox)
-    server = rpc.get_rpc_server(transport, conf.host, manager, manager.reject)
+    server = rpc.get_rpc_server(transport, conf.host, manager, manager.reject,
+                                known_cast=outbox.journal.known_cast)
     LOG.info('attachworker-compute on host %(host)s, exchange %(exchange)s, '
              '%(threads)d threads, journal %(journal)s',
              {'host': conf.host, 'exchange': conf.control_exchange,

@@ -2,11 +2,13 @@
 
 ``oslo.config.opts = attachworker`` lists our options; ``oslo.config.opts.defaults =
 attachworker`` makes the sample show attachworker's defaults of library options
-(``control_exchange = attachworker``, not oslo.messaging's ``openstack``).
+(``control_exchange = attachworker``, not oslo.messaging's ``openstack``;
+a bounded ``rabbit_qos_prefetch_count``).
 """
-import oslo_messaging
+from oslo_config import cfg
 
 from attachworker import conf
+from attachworker import rpc
 
 
 def list_opts():
@@ -14,4 +16,4 @@ def list_opts():
 
 
 def update_defaults():
-    oslo_messaging.set_transport_defaults(control_exchange='attachworker')
+    rpc.set_defaults(cfg.ConfigOpts())

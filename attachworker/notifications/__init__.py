@@ -40,12 +40,22 @@ class Notifier:
             serializer=rpc.NotificationContextSerializer(), retry=retry)
 
     def notify(self, ctxt: Any, action: str, phase: str, fault: Optional[dict] = None,
-               **values: Any) -> bool:
-        """Publish ``instance.<action>.<phase>``; True when the broker took it."""
+               event: Optional[tuple] = None, **values: Any) -> bool:
+        """Publish ``instance.<action>.<phase>``; True when the broker took it.
+
+        ``event`` is ``(message_id, created_at epoch)``: a notification published
+        again (the outbox after a crash) keeps its identity and its timestamp.
+        """
         event_type = 'instance.%s.%s' % (action, phase)
         values.setdefault('host', self.host)
+        reporting.outcome.event = event
+        reporting.outcome.poison = False
         try:
-            payload = make_payload(action, fault=fault, **values).to_primitive()
+            try:
+                payload = make_payload(action, fault=fault, **values).to_primitive()
+            except Exception:
+                reporting.outcome.poison = True
+                raise
             reporting.outcome.last_error = None
             if phase == 'error':
                 self._notifier.error(ctxt, event_type, payload)
@@ -58,5 +68,17 @@ class Notifier:
                       {'event': event_type, 'volume': values.get('volume_id'),
                        'exc': exc})
             return False
+        finally:
+            reporting.outcome.event = None
         LOG.debug('Published %s', event_type)
         return True
+
+    @staticmethod
+    def last_failure_is_poison() -> bool:
+        """Did this thread's last notify fail for a reason of its own, not the broker's?"""
+        return bool(getattr(reporting.outcome, 'poison', False))
+
+    @staticmethod
+    def last_failure() -> str:
+        error = getattr(reporting.outcome, 'last_error', None)
+        return '%s: %s' % (type(error).__name__, error) if error else 'payload refused'

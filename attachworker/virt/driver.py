@@ -40,8 +40,17 @@ class VirtDriver(abc.ABC):
 
     @abc.abstractmethod
     def attach_volume(self, context: Any, connection_info: dict, instance: dict,
-                      mountpoint: str, volume_id: str) -> None:
+                      mountpoint: str, volume_id: str, record: Optional[dict] = None) -> None:
         """Attach the volume at ``mountpoint`` (``'/dev/vdb'``) of the instance.
+
+        ``record`` says how the attachment was made, and the driver keeps it with
+        the attachment (``get_attachments`` returns it) so detach and recovery follow
+        it rather than today's configuration::
+
+            {'flow': 'attachments', 'attachment_id': '5d77...', 'mode': 'ro'}
+
+        ``mode`` is ``'rw'`` or ``'ro'``: a read-only attachment is read-only in
+        the guest.
 
         Attaching the same volume at the same mountpoint again does nothing.
         Raises DeviceInUse when another volume uses ``mountpoint`` on that
@@ -59,7 +68,11 @@ class VirtDriver(abc.ABC):
 
             [{'volume_id': 'b1204e0c-...', 'mountpoint': '/dev/vdb',
               'driver_volume_type': 'iscsi', 'access_mode': 'rw',
+              'flow': 'attachments', 'attachment_id': '5d77...', 'mode': 'rw',
               'attached_at': '2026-11-25T10:42:07.123456+00:00'}]
+
+        ``flow``, ``attachment_id`` and ``mode`` are those of the ``record`` given at
+        attach (None when it was not given).
         """
 
     @abc.abstractmethod

@@ -161,8 +161,9 @@ class FakeDriver(driver.VirtDriver):
     # --- the driver contract ---------------------------------------------------------
 
     def attach_volume(self, context: Any, connection_info: dict, instance: dict,
-                      mountpoint: str, volume_id: str) -> None:
+                      mountpoint: str, volume_id: str, record: Optional[dict] = None) -> None:
         kind, access_mode = _check_connection_info(connection_info)
+        record = record or {}
         _check_device(mountpoint)
         instance_uuid = instance['uuid']
         LOG.debug('Attaching volume %(vol)s with %(info)s',
@@ -186,6 +187,10 @@ class FakeDriver(driver.VirtDriver):
                 'mountpoint': mountpoint,
                 'driver_volume_type': kind,
                 'access_mode': access_mode,
+                'flow': record.get('flow'),
+                'attachment_id': record.get('attachment_id'),
+                # read-only when either side asks for it
+                'mode': 'ro' if 'ro' in (record.get('mode'), access_mode) else 'rw',
                 'attached_at': datetime.datetime.now(datetime.timezone.utc).isoformat(),
             }
             return True

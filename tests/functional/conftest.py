@@ -47,8 +47,11 @@ def worker_sections(tmp_path, cinder_url):
     (root / 'initiatorname.iscsi').write_text('InitiatorName=iqn.2004-10.org.ft:host\n')
     return {
         'DEFAULT': {'transport_url': RABBIT, 'debug': 'true', 'executor_thread_pool_size': 8},
+        # recovery has no caller token: it acts as the [cinder] user (here a fixed
+        # token the stand-in accepts, as it accepts any)
         'cinder': {'endpoint_template': cinder_url + '/v3/%(project_id)s',
-                   'http_retries': 1},
+                   'http_retries': 1, 'auth_type': 'admin_token',
+                   'endpoint': cinder_url, 'token': 'functional-service-token'},
         'connector': {'host_root': tmp_path / 'host-root'},
         'worker': {'graceful_shutdown_timeout': 30},
     }

@@ -70,27 +70,55 @@ class CinderMock:
             'links': [{'href': CINDER + '/v3/', 'rel': 'self'}]}]})
         mocker.get('%s/volumes/%s' % (base, self.volume_id), json=self._volume)
         att = '%s/attachments/%s' % (base, self.attachment_id)
-        mocker.post('%s/attachments' % base, json={'attachment': self._attachment()})
+        #: the attachment as Cinder holds it: instance and status follow the calls
+        self.att = {'instance': None, 'status': 'reserved'}
+        mocker.post('%s/attachments' % base, json=self._created)
+        mocker.get(att, json=self._shown)
         self.listed = []  # what GET /attachments?volume_id= answers
         mocker.get('%s/attachments' % base, json=lambda r, c: {'attachments': self.listed})
         mocker.put(att, json=self._updated)
-        mocker.post(att + '/action', status_code=204)
-        mocker.delete(att, status_code=200, json={})
+        mocker.post(att + '/action', json=self._completed)
+        mocker.delete(att, json=self._deleted)
         mocker.post('%s/volumes/%s/action' % (base, self.volume_id), json=self._action)
 
     def _volume(self, request, context):
         return {'volume': self.volume}
 
+    def _created(self, request, context):
+        self.att['instance'] = request.json()['attachment'].get('instance_uuid')
+        return {'attachment': self._attachment()}
+
+    def _shown(self, request, context):
+        if self.att.get('deleted'):
+            context.status_code = 404
+            return {'itemNotFound': {'message': 'gone', 'code': 404}}
+        return {'attachment': self._attachment()}
+
+    def _deleted(self, request, context):
+        self.att['deleted'] = True
+        return {}
+
+    def _completed(self, request, context):
+        self.att['status'] = 'attached'
+        context.status_code = 204
+        return None
+
+    def reserve_for(self, instance_uuid):
+        """The controller reserved the attachment for the instance."""
+        self.att['instance'] = instance_uuid
+        self.volume['status'] = 'reserved'
+
     def _updated(self, request, context):
         # Cinder's attachments API answers connection_info flat, not nested in 'data'
         flat = dict(self.connection_info['data'], attachment_id=self.attachment_id,
                     driver_volume_type=self.connection_info['driver_volume_type'])
-        return {'attachment': dict(self._attachment(), status='attaching',
-                                   connection_info=flat)}
+        self.att['status'] = 'attaching'
+        return {'attachment': dict(self._attachment(), connection_info=flat)}
 
     def _attachment(self):
-        return {'id': self.attachment_id, 'volume_id': self.volume_id, 'status': 'reserved',
-                'instance': None, 'attach_mode': 'rw', 'connection_info': {}}
+        return {'id': self.attachment_id, 'volume_id': self.volume_id,
+                'status': self.att['status'], 'instance': self.att['instance'],
+                'attach_mode': 'rw', 'connection_info': {}}
 
     def _action(self, request, context):
         body = request.json()

@@ -99,12 +99,16 @@ FAILURES = {
                                    'attachment_create', 'CinderUnavailable'),
     'att-update-500': ('attachments', 'PUT', '/attachments/ATT', None, 500,
                        ['GET /volumes/VOL', 'POST /attachments', 'PUT /attachments/ATT',
-                        'DELETE /attachments/ATT'], 'attachment_update', 'CinderUnavailable'),
+                        'GET /attachments/ATT', 'DELETE /attachments/ATT'],
+                       'attachment_update', 'CinderUnavailable'),
     'att-update-403': ('attachments', 'PUT', '/attachments/ATT', None, 403,
                        ['GET /volumes/VOL', 'POST /attachments', 'PUT /attachments/ATT',
-                        'DELETE /attachments/ATT'], 'attachment_update', 'CinderForbidden'),
+                        'GET /attachments/ATT', 'DELETE /attachments/ATT'],
+                       'attachment_update', 'CinderForbidden'),
     'att-complete-500': ('attachments', 'POST', '/attachments/ATT/action', None, 500,
-                         ATT_OK + ['DELETE /attachments/ATT'], 'attachment_complete',
+                         # the complete's undo deletes it; the create's finds it gone
+                         ATT_OK + ['GET /attachments/ATT', 'DELETE /attachments/ATT',
+                                   'GET /attachments/ATT'], 'attachment_complete',
                          'CinderUnavailable'),
     'legacy-get-404': ('legacy', 'GET', '/volumes/VOL', None, 404,
                        ['GET /volumes/VOL'], 'get_volume', 'VolumeNotFound'),
@@ -154,7 +158,8 @@ def test_driver_failure_is_undone_in_cinder(flow, make_manager, cinder_mock, ctx
     cinder_mock.connection_info['driver_volume_type'] = 'quobyte-x'
     make_manager().attach_volume(ctxt, INSTANCE, cinder_mock.volume_id, '/dev/vdb')
     if flow == 'attachments':
-        assert cinder_mock.calls() == ATT_OK[:3] + ['DELETE /attachments/ATT']
+        assert cinder_mock.calls() == ATT_OK[:3] + ['GET /attachments/ATT',
+                                                     'DELETE /attachments/ATT']
     else:
         assert cinder_mock.calls() == LEGACY_OK[:3] + [
             'POST /volumes/VOL/action:os-terminate_connection',
@@ -170,21 +175,22 @@ def test_failed_undo_is_reported_in_the_fault(make_manager, cinder_mock, ctxt, n
     cinder_mock.fail('DELETE', '/attachments/' + cinder_mock.attachment_id, 500)
     make_manager().attach_volume(ctxt, INSTANCE, cinder_mock.volume_id, '/dev/vdb')
     # DELETE is idempotent: retried once ([cinder] http_retries = 1) before giving up
-    assert cinder_mock.calls()[-2:] == ['DELETE /attachments/ATT'] * 2
+    assert cinder_mock.calls()[-3:] == ['GET /attachments/ATT'] + ['DELETE /attachments/ATT'] * 2
     fault = outcome(notifications)[2]['fault']
     assert fault['step'] == 'attachment_update'
-    assert 'undo failed: attachment_delete' in fault['message']
+    assert 'undo failed: release_attachment' in fault['message']
 
 
 def test_controller_reservation_is_used_and_released_on_failure(make_manager, cinder_mock,
                                                                 ctxt, notifications):
-    cinder_mock.volume['status'] = 'reserved'
+    cinder_mock.reserve_for(INSTANCE['uuid'])
     cinder_mock.fail('PUT', '/attachments/' + cinder_mock.attachment_id, 503)
     make_manager().attach_volume(ctxt, INSTANCE, cinder_mock.volume_id, '/dev/vdb',
                                  attachment_id=cinder_mock.attachment_id)
     # no attachment_create: the controller reserved; the reservation is deleted on failure
-    assert cinder_mock.calls() == ['GET /volumes/VOL', 'PUT /attachments/ATT',
-                                   'DELETE /attachments/ATT']
+    assert cinder_mock.calls() == ['GET /attachments/ATT', 'GET /volumes/VOL',
+                                   'PUT /attachments/ATT',
+                                   'GET /attachments/ATT', 'DELETE /attachments/ATT']
     assert outcome(notifications)[2]['attachment_id'] == cinder_mock.attachment_id
 
 

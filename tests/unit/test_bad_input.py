@@ -115,11 +115,14 @@ def test_duplicate_cast_makes_no_second_attachment(make_manager, cinder_mock, ct
 
 def test_duplicate_with_a_second_reservation_releases_it(make_manager, cinder_mock, ctxt,
                                                          notifications):
+    cinder_mock.reserve_for(GOOD)
     cinder_mock.volume.update(status='in-use', attachments=[
         {'server_id': GOOD, 'attachment_id': 'first-attachment', 'device': '/dev/vdb'}])
     make_manager().attach_volume(ctxt, {'uuid': GOOD}, cinder_mock.volume_id, '/dev/vdb',
                                  attachment_id=cinder_mock.attachment_id)
-    assert cinder_mock.calls() == ['GET /volumes/VOL', 'DELETE /attachments/ATT']
+    # the cast's reservation is checked, then released; the live one is untouched
+    assert cinder_mock.calls() == ['GET /attachments/ATT', 'GET /volumes/VOL',
+                                   'GET /attachments/ATT', 'DELETE /attachments/ATT']
     assert notifications()[-1][0] == 'instance.volume_attach.end'
 
 

@@ -5,6 +5,7 @@ asserts the exact Cinder calls, undo calls included.
 """
 import pytest
 
+from attachworker import exception
 from attachworker import virt
 
 INSTANCE = {'uuid': '8f0e3c4a-5b6d-4e7f-8a9b-0c1d2e3f4a5b'}
@@ -47,18 +48,58 @@ def test_detach_lets_the_host_go_then_tells_cinder(flow, conf, make_manager, att
             'os-detach': {'attachment_id': attached.attachment_id}}
 
 
-def test_a_failure_before_cinder_is_told_rolls_back(conf, make_manager, attached, ctxt,
-                                                    notifications):
+def test_a_failure_after_the_host_let_go_finishes_the_detach(conf, make_manager, attached,
+                                                             ctxt, notifications, journal):
+    """Once the host let go, the detach is finished, never rolled back to in-use."""
     conf.set_override('attach_flow', 'legacy', group='cinder')
     attached.fail('POST', '/volumes/%s/action' % attached.volume_id, 500,
                   'os-terminate_connection')
     make_manager().detach_volume(ctxt, INSTANCE, attached.volume_id)
-    # terminate_connection is idempotent: retried once ([cinder] http_retries = 1)
+    # terminate_connection is idempotent: retried once ([cinder] http_retries = 1),
+    # then the finish entry tries the rest of the detach again
     assert attached.calls() == LEGACY_OK[:3] + [
-        'POST /volumes/VOL/action:os-terminate_connection',
-        'POST /volumes/VOL/action:os-roll_detaching']
+        'POST /volumes/VOL/action:os-terminate_connection'] * 3
+    assert 'os-roll_detaching' not in str(attached.calls())
     fault = notifications()[-1][2]['fault']
     assert (fault['step'], fault['exception']) == ('terminate_connection', 'CinderUnavailable')
+    assert 'undo failed: finish_detach' in fault['message']
+    assert journal.list(limit=1)[0]['state'] == 'undo_failed'  # reconcile finishes it
+
+
+def test_a_failure_before_the_host_let_go_rolls_back(conf, make_manager, attached, ctxt,
+                                                     notifications):
+    conf.set_override('attach_flow', 'legacy', group='cinder')
+    driver = virt.load_driver(conf)
+
+    def busy(*args):
+        raise exception.DeviceInUse(mountpoint='/dev/vdc', instance_uuid=INSTANCE['uuid'])
+    driver.detach_volume = busy
+    make_manager(virt_driver=driver).detach_volume(ctxt, INSTANCE, attached.volume_id)
+    assert attached.calls() == LEGACY_OK[:2] + ['POST /volumes/VOL/action:os-roll_detaching']
+    assert notifications()[-1][2]['fault']['step'] == 'driver_detach'
+
+
+def test_detach_follows_the_record_not_todays_flow(conf, make_manager, cinder_mock, ctxt,
+                                                   notifications):
+    """Finding 6: attached by the legacy flow, detached after attach_flow changed."""
+    conf.set_override('attach_flow', 'legacy', group='cinder')
+    make_manager().attach_volume(ctxt, INSTANCE, cinder_mock.volume_id, '/dev/vdc')
+    conf.set_override('attach_flow', 'attachments', group='cinder')
+    mark = len(cinder_mock.calls())
+    make_manager().detach_volume(ctxt, INSTANCE, cinder_mock.volume_id)
+    assert cinder_mock.calls()[mark:] == LEGACY_OK
+    assert notifications()[-1][2]['flow'] == 'legacy'
+
+
+def test_detach_with_an_attachment_id_that_does_not_match_is_an_error(
+        conf, make_manager, attached, ctxt, notifications):
+    make_manager().detach_volume(ctxt, INSTANCE, attached.volume_id,
+                                 attachment_id='0e5e6e4c-0000-4000-8000-000000000000')
+    fault = notifications()[-1][2]['fault']
+    assert fault['exception'] == 'InvalidInput'
+    assert 'is not the attachment of volume' in fault['message']
+    assert attached.calls() == ['GET /volumes/VOL']
+    assert virt.load_driver(conf).get_attachments(INSTANCE['uuid'])  # still on the host
 
 
 def test_detach_of_a_volume_not_attached_is_done_without_change(make_manager, cinder_mock,

@@ -8,9 +8,8 @@ import pytest
 
 from attachworker import context as aw_context
 from attachworker import exception
+from attachworker import locks
 from attachworker.journal import Journal
-from attachworker.journal import owner_alive
-from attachworker.journal import process_identity
 from attachworker.operation import Operation
 from attachworker.outbox import Outbox
 
@@ -20,13 +19,25 @@ class FlakyNotifier:
 
     def __init__(self):
         self.down = False
+        self.poison = set()  # request ids whose payload "cannot be encoded"
         self.sent = []
+        self.events = []
+        self._poisoned = False
 
-    def notify(self, ctxt, action, phase, fault=None, **fields):
-        if self.down:
+    def notify(self, ctxt, action, phase, fault=None, event=None, **fields):
+        self._poisoned = fields.get('request_id') in self.poison
+        if self.down or self._poisoned:
             return False
         self.sent.append(('%s.%s' % (action, phase), fields.get('request_id'), ctxt))
+        self.events.append(event)
         return True
+
+    def last_failure_is_poison(self):
+        return self._poisoned
+
+    def last_failure(self):
+        return 'TypeError: cannot encode'
+
 
 
 @pytest.fixture
@@ -36,24 +47,63 @@ def journal(tmp_path):
     j.close()
 
 
-def test_steps_are_on_disk_before_and_after_they_run(journal, tmp_path):
+def test_steps_and_their_undos_are_on_disk_before_and_after_they_run(journal, tmp_path):
     op = Operation('volume_attach', 'req-1', 'h1', observer=journal)
     journal.begin(op, {'request_id': 'req-1'})
-    op.step('attachment_create', lambda: {'id': 'att-1'})
+    seen_during = []
+
+    def create():
+        # while the step runs, another process already sees its undo, id unknown
+        seen_during.extend(Journal(str(tmp_path), owner='1:1').stack(op.id))
+        return {'id': 'att-1'}
+    op.step('attachment_create', create,
+            undo=('release_attachment', {'attachment_id': None, 'volume_id': 'v'}),
+            rearm=lambda result: {'attachment_id': result['id']})
+    assert [(e['name'], e['args']['attachment_id'], e['state']) for e in seen_during] == [
+        ('release_attachment', None, 'armed')]
     # a second connection (another process) sees it: it was committed
-    other = Journal(str(tmp_path), owner='1:1')
+    other = Journal(str(tmp_path), owner='2:1')
     record = other.get('req-1')
     assert record['state'] == 'running'
     assert (record['last_step'], record['step_state']) == ('attachment_create', 'done')
-    assert record['fields']['attachment_id'] == 'att-1'
+    assert [(e['name'], e['args']['attachment_id'], e['state'])
+            for e in other.stack(op.id)] == [('release_attachment', 'att-1', 'armed')]
     assert [(s['step'], s['state']) for s in other.steps(op.id)] == [
         ('attachment_create', 'started'), ('attachment_create', 'done')]
+
+
+def test_a_definite_refusal_drops_the_undo_an_ambiguous_failure_keeps_it(journal):
+    op = Operation('volume_attach', 'req-r', 'h1', observer=journal)
+    journal.begin(op, {})
+
+    def refused():
+        raise exception.InvalidVolume(volume_id='v', reason='in-use')
+
+    def timed_out():
+        raise exception.CinderUnavailable(reason='timed out', code=504)
+    for fn in (refused, timed_out):
+        with pytest.raises(exception.AttachWorkerException):
+            op.step('reserve', fn, undo=('unreserve', {'volume_id': 'v'}))
+    assert [e['state'] for e in journal.stack(op.id)] == ['dropped', 'armed']
+    assert [e['state'] for e in op.stack] == ['dropped', 'armed']
+
+
+def test_commit_is_atomic_with_the_last_step(journal):
+    op = Operation('volume_attach', 'req-c', 'h1', observer=journal)
+    journal.begin(op, {})
+    op.step('reserve', lambda: None, undo=('unreserve', {'volume_id': 'v'}))
+    op.step('attach', lambda: None, undo=('legacy_detach', {'volume_id': 'v'}), commit=True)
+    assert {e['state'] for e in journal.stack(op.id)} == {'committed'}
+    assert journal.get('req-c')['committed'] == 1
 
 
 def test_journal_never_holds_secrets(journal):
     op = Operation('volume_attach', 'req-2', 'h1', observer=journal)
     journal.begin(op, aw_context.RequestContext(auth_token='tok-SECRET').redacted())
-    op.step('connector', lambda: {'initiator': 'iqn.x', 'host': 'h1'})
+    connector = op.step('connector', lambda: {'initiator': 'iqn.x', 'host': 'h1'})
+    op.update(connector=connector)
+    op.step('initialize_connection', lambda: None, undo=('terminate_connection', {
+        'volume_id': 'v', 'connector': dict(connector, password='pw-SECRET')}))
     op.step('attachment_update', lambda: {'driver_volume_type': 'iscsi',
                                           'data': {'auth_password': 'chap-SECRET'}})
     with open(journal.path, 'rb') as f:
@@ -63,6 +113,7 @@ def test_journal_never_holds_secrets(journal):
         with open(wal, 'rb') as f:
             data += f.read()
     assert b'tok-SECRET' not in data and b'chap-SECRET' not in data
+    assert b'pw-SECRET' not in data  # undo arguments are masked too
     assert b'iqn.x' in data  # the connector is kept: recovery needs it
 
 
@@ -75,17 +126,35 @@ def test_orphans_are_operations_of_dead_processes_only(journal, tmp_path):
     done = Operation('volume_attach', 'req-done', 'h1', observer=dead)
     dead.begin(done, {})
     dead.finish(done.id, 'completed')
+    assert journal.orphans() == []  # its owner lock is held: alive
+    dead.close()
     assert [o['request_id'] for o in journal.orphans()] == ['req-dead']
     assert journal.claim(orphan.id, '999999:1')
     assert not journal.claim(orphan.id, '999999:1')  # someone (we) took it already
     assert journal.orphans() == []
 
 
-def test_process_identity_survives_pid_reuse():
-    me = process_identity()
-    assert owner_alive(me)
+def test_an_owner_is_alive_exactly_while_it_holds_its_lock(tmp_path):
+    me = locks.process_identity()
+    journal = Journal(str(tmp_path))
+    assert locks.owner_alive(str(tmp_path), me)
     pid, start = me.split(':')
-    assert not owner_alive('%s:%d' % (pid, int(start) + 1))
+    # the same pid with another start time (pid reuse) holds no lock
+    assert not locks.owner_alive(str(tmp_path), '%s:%d' % (pid, int(start) + 1))
+    journal.close()
+    assert not locks.owner_alive(str(tmp_path), me)
+    # a process killed -9 lets go of its lock
+    script = textwrap.dedent('''
+        import os, signal, sys
+        from attachworker.journal import Journal
+        j = Journal(sys.argv[1])
+        print(j.owner, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    ''')
+    done = subprocess.run([sys.executable, '-c', script, str(tmp_path)],
+                          capture_output=True, text=True)
+    assert done.returncode == -9
+    assert not locks.owner_alive(str(tmp_path), done.stdout.strip())
 
 
 def test_finish_queues_the_outcome_in_the_same_transaction(journal):
@@ -128,6 +197,36 @@ def test_outbox_survives_a_restart(tmp_path):
     notifier.down = False
     assert Outbox(Journal(str(tmp_path)), notifier).flush() == 1
     assert notifier.sent[0][:2] == ('volume_attach.error', 'req-z')
+
+
+def test_a_resent_notification_keeps_its_event_id(journal):
+    notifier = FlakyNotifier()
+    outbox = Outbox(journal, notifier)
+    outbox.notify(aw_context.RequestContext(), 'volume_attach', 'end', request_id='req-e')
+    row = journal.outbox_row(1)
+    assert notifier.events == [(row['event_id'], row['created_at'])]
+    # a crash between publishing and marking it sent: it goes out again, as itself
+    journal._write('UPDATE outbox SET sent_at=NULL')
+    assert outbox.flush() == 1
+    assert notifier.events[1] == notifier.events[0]
+
+
+def test_a_poison_row_is_parked_and_the_rows_after_it_still_go_out(journal):
+    notifier = FlakyNotifier()
+    notifier.poison = {'req-poison'}
+    outbox = Outbox(journal, notifier)
+    ctxt = aw_context.RequestContext()
+    assert not outbox.notify(ctxt, 'volume_attach', 'end', request_id='req-poison')
+    notifier.down = True
+    outbox.notify(ctxt, 'volume_attach', 'end', request_id='req-after')
+    notifier.down = False
+    for _ in range(3):
+        outbox.flush()
+    assert [r for _, r, _ in notifier.sent] == ['req-after']
+    [parked] = journal.parked()
+    assert parked['fields']['request_id'] == 'req-poison' and parked['attempts'] == 3
+    assert 'TypeError' in parked['last_error']
+    assert list(journal.unsent()) == []
 
 
 def test_unwritable_journal_still_publishes_directly(tmp_path):

@@ -1,34 +1,55 @@
 """Recovery of operations a dead worker left, against requests-mock'ed Cinder.
 
-Each case journals an operation the way a worker does up to a step boundary, under
-the identity of a dead process, then runs Recovery: it must make exactly the undo
-calls the pipeline would have made, as the [cinder] user, and send the cast's one
-terminal notification.
+Each case runs the real pipeline and "kills" it right after the journal recorded a
+step boundary (the journal raises a BaseException there, which nothing in the
+worker catches, as a kill -9 would leave it). Recovery, as a new process would,
+then replays the journalled stack: it must make exactly the undo calls the
+pipeline would have made, as the [cinder] user, and send the cast's one terminal
+notification.
 """
 import oslo_messaging as messaging
 import pytest
 import requests_mock
 
+from attachworker import connector as aw_connector
+from attachworker import context as aw_context
 from attachworker import virt
 from attachworker.cinder import CinderAPI
 from attachworker.journal import Journal
+from attachworker.manager import ComputeManager
 from attachworker.notifications import Notifier
-from attachworker.operation import Operation
 from attachworker.outbox import Outbox
 from attachworker.recovery import Recovery
 from tests.unit.conftest import CINDER
 from tests.unit.conftest import CinderMock
+from tests.unit.test_cinder_auth import KEYSTONE
 from tests.unit.test_cinder_auth import SERVICE_PROJECT
 from tests.unit.test_cinder_auth import keystone_token
 from tests.unit.test_cinder_auth import use_password_auth
 
-DEAD = '999999:1'
-INSTANCE = '8f0e3c4a-5b6d-4e7f-8a9b-0c1d2e3f4a5b'
-CONNECTOR = {'initiator': 'iqn.2004-10.org.attachworker:unit', 'host': 'compute-unit'}
+INSTANCE = {'uuid': '8f0e3c4a-5b6d-4e7f-8a9b-0c1d2e3f4a5b', 'project_id': SERVICE_PROJECT}
 ATT_STEPS = ['cinder_client', 'get_volume', 'check_attach', 'connector', 'attachment_create',
              'attachment_update', 'driver_attach', 'attachment_complete']
 LEGACY_STEPS = ['cinder_client', 'get_volume', 'check_attach', 'connector', 'reserve',
                 'initialize_connection', 'driver_attach', 'attach']
+DEL = ['GET /attachments/ATT', 'DELETE /attachments/ATT']
+UNRESERVE = ['POST /volumes/VOL/action:os-unreserve']
+TERMINATE = ['POST /volumes/VOL/action:os-terminate_connection']
+
+
+class Killed(BaseException):
+    """What kill -9 leaves: nothing after this point runs."""
+
+
+class CrashingJournal(Journal):
+    def __init__(self, state_path, crash_at):
+        super().__init__(state_path, owner='424242:1')
+        self.crash_at = crash_at
+
+    def _record(self, op, step, state, extra=None):
+        super()._record(op, step, state, extra)
+        if (step, state) == self.crash_at:
+            raise Killed('%s:%s' % (step, state))
 
 
 @pytest.fixture
@@ -37,157 +58,225 @@ def cloud(conf, notifications):
         use_password_auth(conf, 'cinder')
         keystone_token(m, 'cinder-admin-token', SERVICE_PROJECT)
         cinder = CinderMock(m, project=SERVICE_PROJECT)
-        notifier = Notifier(messaging.get_notification_transport(conf, url='fake://'),
-                            conf.host, driver='test')
-        journal = Journal(conf.state_path)
-        recovery = Recovery(conf, CinderAPI(conf), virt.load_driver(conf),
-                            Outbox(journal, notifier))
-        yield cinder, recovery
+        yield cinder
+
+
+def notifier(conf):
+    return Notifier(messaging.get_notification_transport(conf, url='fake://'), conf.host,
+                    driver='test')
+
+
+def caller():
+    return aw_context.RequestContext(auth_token='caller-token', user_id='u',
+                                     project_id=SERVICE_PROJECT, request_id='req-crashed')
+
+
+def crash(conf, crash_at, cast='attach', **kwargs):
+    """Run one cast in a 'process' that dies at ``crash_at``; the journal stays."""
+    dead = CrashingJournal(conf.state_path, crash_at)
+    manager = ComputeManager(conf, CinderAPI(conf), virt.load_driver(conf),
+                             Outbox(dead, notifier(conf)),
+                             lambda: aw_connector.get_connector_properties(conf))
+    try:
+        if cast == 'attach':
+            manager.attach_volume(caller(), INSTANCE, kwargs.pop('volume_id'), '/dev/vdb',
+                                  **kwargs)
+        else:
+            manager.detach_volume(caller(), INSTANCE, kwargs.pop('volume_id'), **kwargs)
+    except Killed:
+        pass
+    else:
+        raise AssertionError('the cast never reached %s:%s' % crash_at)
+    finally:
+        dead.close()  # the dead process's owner lock is gone with it
+
+
+def recover(conf):
+    journal = Journal(conf.state_path)
+    try:
+        return Recovery(conf, CinderAPI(conf), virt.load_driver(conf),
+                        Outbox(journal, notifier(conf))).run()
+    finally:
         journal.close()
 
 
-def crashed(conf, cinder, flow, last, state, attachment_known=True):
-    """Journal an attach as a now-dead worker left it at ``last``:``state``."""
-    dead = Journal(conf.state_path, owner=DEAD)
-    op = Operation('volume_attach', 'req-crashed', conf.host, observer=dead)
-    op.update(instance_uuid=INSTANCE, volume_id=cinder.volume_id, mode='rw',
-              mountpoint='/dev/vdb', project_id='p', user_id='u')
-    dead.begin(op, {'request_id': 'req-crashed'})
-    steps = ATT_STEPS if flow == 'attachments' else LEGACY_STEPS
-    results = {'connector': CONNECTOR, 'attachment_create': {'id': cinder.attachment_id}}
-    if flow == 'attachments' and not attachment_known:
-        results.pop('attachment_create')
-    for step in steps[:steps.index(last) + 1]:
-        if step == 'cinder_client':
-            op.update(flow=flow)
-        dead.step_started(op, step)
-        if step != last or state == 'done':
-            dead.step_done(op, step, results.get(step))
-    if steps.index(last) >= steps.index('driver_attach'):
-        # the fake virt driver really holds it, as after a real driver_attach
-        virt.load_driver(conf).attach_volume(None, {'driver_volume_type': 'iscsi', 'data': {}},
-                                             {'uuid': INSTANCE}, '/dev/vdb', cinder.volume_id)
-    dead.close()
+def calls_after(cinder, mark):
+    return [c for c in cinder.calls()[mark:] if c != 'GET /volumes/VOL']
 
 
-CASES = {
-    # (flow, step, state) -> Cinder calls recovery makes, terminal event
-    ('attachments', 'get_volume', 'done'): ([], 'error'),
-    ('attachments', 'attachment_update', 'done'): (['DELETE /attachments/ATT'], 'error'),
-    ('attachments', 'driver_attach', 'started'): (['DELETE /attachments/ATT'], 'error'),
-    ('attachments', 'attachment_complete', 'started'): (['DELETE /attachments/ATT'], 'error'),
+CASES = {}
+for _step in ATT_STEPS[:4]:
+    for _state in ('started', 'done'):
+        CASES[('attachments', _step, _state)] = ([], 'error')
+        CASES[('legacy', _step, _state)] = ([], 'error')
+CASES.update({
+    # the create's answer never came: ours is looked for by instance (none listed here)
+    ('attachments', 'attachment_create', 'started'): (['GET /attachments?volume_id=VOL'],
+                                                      'error'),
+    ('attachments', 'attachment_create', 'done'): (DEL, 'error'),
+    ('attachments', 'attachment_update', 'started'): (DEL, 'error'),
+    ('attachments', 'attachment_update', 'done'): (DEL, 'error'),
+    ('attachments', 'driver_attach', 'started'): (DEL, 'error'),
+    ('attachments', 'driver_attach', 'done'): (DEL, 'error'),
+    # the complete's own undo deletes it; the create's then finds it gone
+    ('attachments', 'attachment_complete', 'started'): (DEL + ['GET /attachments/ATT'],
+                                                        'error'),
     ('attachments', 'attachment_complete', 'done'): ([], 'end'),
-    ('legacy', 'reserve', 'started'): (['POST /volumes/VOL/action:os-unreserve'], 'error'),
-    ('legacy', 'initialize_connection', 'done'): (
-        ['POST /volumes/VOL/action:os-terminate_connection',
-         'POST /volumes/VOL/action:os-unreserve'], 'error'),
+    ('legacy', 'reserve', 'started'): (UNRESERVE, 'error'),
+    ('legacy', 'reserve', 'done'): (UNRESERVE, 'error'),
+    ('legacy', 'initialize_connection', 'started'): (TERMINATE + UNRESERVE, 'error'),
+    ('legacy', 'initialize_connection', 'done'): (TERMINATE + UNRESERVE, 'error'),
+    ('legacy', 'driver_attach', 'started'): (TERMINATE + UNRESERVE, 'error'),
+    ('legacy', 'driver_attach', 'done'): (TERMINATE + UNRESERVE, 'error'),
+    ('legacy', 'attach', 'started'): (TERMINATE + UNRESERVE, 'error'),
     ('legacy', 'attach', 'done'): ([], 'end'),
-}
+})
 
 
 @pytest.mark.parametrize('case', sorted(CASES), ids=lambda c: '%s-%s-%s' % c)
-def test_recovery_undoes_what_the_dead_worker_did(case, conf, cloud, notifications):
-    cinder, recovery = cloud
+def test_recovery_replays_the_stack_the_dead_worker_journalled(case, conf, cloud,
+                                                               notifications):
     flow, step, state = case
     calls, terminal = CASES[case]
-    crashed(conf, cinder, flow, step, state)
-    assert recovery.run() == {'completed' if terminal == 'end' else 'undone': 1}
-    made = [c for c in cinder.calls() if c != 'GET /volumes/VOL']  # the final status check
-    assert made == calls
-    published = notifications()
+    conf.set_override('attach_flow', flow, group='cinder')
+    crash(conf, (step, state), volume_id=cloud.volume_id)
+    mark, history = len(cloud.calls()), len(cloud.m.request_history)
+    notified = len(notifications())
+    assert recover(conf) == {'completed' if terminal == 'end' else 'undone': 1}
+    assert calls_after(cloud, mark) == calls
+    published = notifications()[notified:]
     assert [e for e, _, _, _ in published] == ['instance.volume_attach.%s' % terminal]
     data = published[0][2]
-    assert data['request_id'] == 'req-crashed' and data['volume_id'] == cinder.volume_id
+    assert data['request_id'] == 'req-crashed' and data['volume_id'] == cloud.volume_id
     if terminal == 'error':
         assert data['fault']['step'] == 'recovery'
         assert data['fault']['exception'] == 'Interrupted'
         assert '%s (%s)' % (step, state) in data['fault']['message']
-    # recovery used the [cinder] user's token, never a caller's
-    tokens = {r.headers.get('X-Auth-Token') for r in cinder.m.request_history
+    # recovery used the [cinder] user's token, never the caller's
+    tokens = {r.headers.get('X-Auth-Token') for r in cloud.m.request_history[history:]
               if r.url.startswith(CINDER)}
     assert tokens <= {'cinder-admin-token'}
     # the fake driver no longer holds an undone attach
-    attached = virt.load_driver(conf).get_attachments(INSTANCE)
+    attached = virt.load_driver(conf).get_attachments(INSTANCE['uuid'])
     assert bool(attached) == (terminal == 'end')
-    assert recovery.run() == {}  # nothing left
+    assert recover(conf) == {}  # nothing left
+
+
+def test_legacy_undo_lets_the_host_go_before_cinder_is_told(conf, cloud, notifications):
+    conf.set_override('attach_flow', 'legacy', group='cinder')
+    order = []
+    driver = virt.load_driver(conf)
+    real_detach = driver.detach_volume
+    driver.detach_volume = lambda *a: (order.append('driver_detach'), real_detach(*a))
+    cloud.m.post('%s/volumes/%s/action' % (cloud.base, cloud.volume_id),
+                 json=lambda r, c: (order.append(next(iter(r.json()))),
+                                    cloud._action(r, c))[1])
+    crash(conf, ('attach', 'done'), volume_id=cloud.volume_id)  # Cinder says attached...
+    journal = Journal(conf.state_path)
+    op = journal.list(limit=1)[0]
+    # ...but pretend the commit never reached the disk: the whole stack is armed
+    journal._write("UPDATE undos SET state='armed' WHERE op_id=?", op['op_id'])
+    journal._write('UPDATE operations SET committed=0 WHERE op_id=?', op['op_id'])
+    journal.close()
+    order.clear()
+    Recovery(conf, CinderAPI(conf), driver, Outbox(Journal(conf.state_path),
+                                                    notifier(conf))).run()
+    assert order == ['driver_detach', 'os-detach', 'os-terminate_connection', 'os-unreserve']
 
 
 def test_unknown_reservation_is_found_by_instance_and_deleted(conf, cloud, notifications):
-    cinder, recovery = cloud
-    cinder.m.get('%s/attachments' % cinder.base, json={'attachments': [
-        {'id': cinder.attachment_id, 'instance': INSTANCE, 'status': 'reserved',
-         'volume_id': cinder.volume_id},
-        {'id': 'someone-else', 'instance': 'other', 'status': 'attached',
-         'volume_id': cinder.volume_id}]})
-    crashed(conf, cinder, 'attachments', 'attachment_create', 'started',
-            attachment_known=False)
-    recovery.run()
-    assert [c for c in cinder.calls() if not c.startswith('GET')] == [
+    cloud.listed = [{'id': cloud.attachment_id, 'instance': INSTANCE['uuid'],
+                     'status': 'reserved', 'volume_id': cloud.volume_id},
+                    {'id': 'someone-else', 'instance': 'other', 'status': 'attached',
+                     'volume_id': cloud.volume_id},
+                    {'id': 'live-one', 'instance': INSTANCE['uuid'], 'status': 'attached',
+                     'volume_id': cloud.volume_id}]
+    crash(conf, ('attachment_create', 'started'), volume_id=cloud.volume_id)
+    mark = len(cloud.calls())
+    recover(conf)
+    # only the reserved one: never another instance's, never an attached one
+    assert [c for c in cloud.calls()[mark:] if not c.startswith('GET')] == [
         'DELETE /attachments/ATT']
 
 
 def test_finish_mode_completes_an_attach_the_driver_finished(conf, cloud, notifications):
     conf.set_override('recovery_action', 'finish', group='worker')
-    cinder, recovery = cloud
-    crashed(conf, cinder, 'attachments', 'attachment_complete', 'started')
-    assert recovery.run() == {'completed': 1}
-    assert cinder.calls() == ['POST /attachments/ATT/action:os-complete']
-    assert [e for e, _, _, _ in notifications()] == ['instance.volume_attach.end']
+    crash(conf, ('attachment_complete', 'started'), volume_id=cloud.volume_id)
+    mark = len(cloud.calls())
+    assert recover(conf) == {'completed': 1}
+    assert calls_after(cloud, mark) == ['POST /attachments/ATT/action:os-complete']
+    assert notifications()[-1][0] == 'instance.volume_attach.end'
+    assert virt.load_driver(conf).get_attachments(INSTANCE['uuid'])
 
 
 def test_failed_undo_is_retried_without_a_second_notification(conf, cloud, notifications):
-    cinder, recovery = cloud
-    crashed(conf, cinder, 'attachments', 'attachment_update', 'done')
-    cinder.fail('DELETE', '/attachments/' + cinder.attachment_id, 500)
-    assert recovery.run() == {'undo_failed': 1}
-    assert len(notifications()) == 1  # the cast's one .error, saying the undo failed
-    assert 'only partly undone' in notifications()[0][2]['fault']['message']
-    cinder.m.delete('%s/attachments/%s' % (cinder.base, cinder.attachment_id), json={})
-    assert recovery.run() == {'undone': 1}
-    assert len(notifications()) == 1
-    assert recovery.run() == {}
+    crash(conf, ('attachment_update', 'done'), volume_id=cloud.volume_id)
+    cloud.fail('DELETE', '/attachments/' + cloud.attachment_id, 500)
+    before = len(notifications())
+    assert recover(conf) == {'undo_failed': 1}
+    assert len(notifications()) == before + 1  # the cast's one .error: undo failed
+    assert 'only partly undone' in notifications()[-1][2]['fault']['message']
+    cloud.m.delete('%s/attachments/%s' % (cloud.base, cloud.attachment_id),
+                   json=cloud._deleted)
+    assert recover(conf) == {'undone': 1}
+    assert len(notifications()) == before + 1
+    assert recover(conf) == {}
 
 
 def test_live_workers_operations_are_left_alone(conf, cloud, notifications):
-    cinder, recovery = cloud
-    live = Journal(conf.state_path)  # this process: alive
-    op = Operation('volume_attach', 'req-live', conf.host, observer=live)
-    live.begin(op, {})
-    live.step_started(op, 'attachment_update')
-    assert recovery.run() == {}
-    assert cinder.calls() == [] and notifications() == []
+    live = CrashingJournal(conf.state_path, ('attachment_update', 'started'))
+    manager = ComputeManager(conf, CinderAPI(conf), virt.load_driver(conf),
+                             Outbox(live, notifier(conf)),
+                             lambda: aw_connector.get_connector_properties(conf))
+    with pytest.raises(Killed):
+        manager.attach_volume(caller(), INSTANCE, cloud.volume_id, '/dev/vdb')
+    mark = len(cloud.calls())
+    assert recover(conf) == {}  # its owner lock is still held: alive
+    assert cloud.calls()[mark:] == []
+    live.close()
+    assert recover(conf) == {'undone': 1}
 
 
-def crashed_detach(conf, cinder, flow, last, state):
-    """Journal a detach as a now-dead worker left it at ``last``:``state``."""
-    dead = Journal(conf.state_path, owner=DEAD)
-    op = Operation('volume_detach', 'req-detach', conf.host, observer=dead)
-    op.update(instance_uuid=INSTANCE, volume_id=cinder.volume_id, flow=flow,
-              attachment_id=cinder.attachment_id, mountpoint='/dev/vdb')
-    dead.begin(op, {'request_id': 'req-detach'})
-    steps = ['cinder_client', 'get_volume', 'connector'] + (
-        ['begin_detaching'] if flow == 'legacy' else []) + ['driver_detach']
-    for step in steps[:steps.index(last) + 1]:
-        dead.step_started(op, step)
-        if step != last or state == 'done':
-            dead.step_done(op, step, CONNECTOR if step == 'connector' else None)
-    dead.close()
+def test_a_duplicate_cast_of_a_live_attachment_never_deletes_it(conf, cloud, notifications):
+    """Finding 1: a duplicate carrying the attachment_id of a completed attach,
+    killed after get_volume started: recovery must keep the live attachment."""
+    cloud.reserve_for(INSTANCE['uuid'])
+    ComputeManager(conf, CinderAPI(conf), virt.load_driver(conf),
+                   Outbox(Journal(conf.state_path, owner='1:1'), notifier(conf)),
+                   lambda: aw_connector.get_connector_properties(conf)).attach_volume(
+        caller(), INSTANCE, cloud.volume_id, '/dev/vdb', attachment_id=cloud.attachment_id)
+    assert cloud.att['status'] == 'attached'
+    cloud.volume.update(status='in-use', attachments=[{
+        'server_id': INSTANCE['uuid'], 'attachment_id': cloud.attachment_id,
+        'device': '/dev/vdb'}])
+    crash(conf, ('get_volume', 'started'), volume_id=cloud.volume_id,
+          attachment_id=cloud.attachment_id)
+    mark = len(cloud.calls())
+    recover(conf)
+    assert 'DELETE /attachments/ATT' not in cloud.calls()[mark:]
+    assert virt.load_driver(conf).get_attachments(INSTANCE['uuid'])
 
 
-def test_a_detach_the_host_had_begun_is_finished(conf, cloud, notifications):
-    cinder, recovery = cloud
-    crashed_detach(conf, cinder, 'attachments', 'driver_detach', 'started')
-    assert recovery.run() == {'completed': 1}
-    assert cinder.calls() == ['DELETE /attachments/ATT']
-    assert [e for e, _, _, _ in notifications()] == ['instance.volume_detach.end']
+@pytest.mark.parametrize('step', ['cinder_client', 'check_reservation', 'get_volume',
+                                  'check_attach', 'connector'])
+def test_a_controller_reservation_is_released_whatever_step_the_kill_hit(
+        step, conf, cloud, notifications):
+    """Finding 2: a kill before anything of ours was created still releases it."""
+    cloud.reserve_for(INSTANCE['uuid'])
+    crash(conf, (step, 'started'), volume_id=cloud.volume_id,
+          attachment_id=cloud.attachment_id)
+    assert recover(conf) == {'undone': 1}
+    assert 'DELETE /attachments/ATT' in cloud.calls()
 
 
-def test_a_legacy_detach_that_had_not_reached_the_host_is_rolled_back(conf, cloud,
-                                                                      notifications):
-    cinder, recovery = cloud
-    crashed_detach(conf, cinder, 'legacy', 'begin_detaching', 'done')
-    assert recovery.run() == {'undone': 1}
-    assert cinder.calls() == ['POST /volumes/VOL/action:os-roll_detaching']
-    published = notifications()
-    assert [e for e, _, _, _ in published] == ['instance.volume_detach.error']
-    assert published[0][2]['fault']['step'] == 'recovery'
+def test_keystone_failing_leaves_the_operation_for_the_next_round(conf, cloud,
+                                                                  notifications):
+    """Finding 5: a Keystone 500 in recovery neither wedges the operation nor stops
+    the round."""
+    crash(conf, ('attachment_update', 'done'), volume_id=cloud.volume_id)
+    cloud.m.post(KEYSTONE + '/auth/tokens', status_code=500, json={'error': {}})
+    assert recover(conf) == {'undo_failed': 1}
+    assert not cloud.att.get('deleted')
+    keystone_token(cloud.m, 'cinder-admin-token', SERVICE_PROJECT)
+    assert recover(conf) == {'undone': 1}
+    assert cloud.att.get('deleted')

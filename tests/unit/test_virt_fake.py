@@ -53,7 +53,17 @@ def test_attachment_record_has_the_contract_fields(driver):
     attached_at = datetime.datetime.fromisoformat(record.pop('attached_at'))
     assert attached_at.tzinfo is not None
     assert record == {'volume_id': VOL_A, 'mountpoint': '/dev/vdb',
-                      'driver_volume_type': 'iscsi', 'access_mode': 'ro'}
+                      'driver_volume_type': 'iscsi', 'access_mode': 'ro', 'mode': 'ro',
+                      'flow': None, 'attachment_id': None}
+
+
+def test_the_record_of_how_it_was_attached_is_kept(driver):
+    driver.attach_volume(None, iscsi_info('rw'), INSTANCE, '/dev/vdb', VOL_A,
+                         {'flow': 'legacy', 'attachment_id': 'a-1', 'mode': 'ro'})
+    [record] = fake.FakeDriver(driver.conf).get_attachments(INSTANCE['uuid'])
+    # read-only as asked, even though the connection info said rw
+    assert (record['flow'], record['attachment_id'], record['mode']) == (
+        'legacy', 'a-1', 'ro')
 
 
 def test_records_survive_a_restart(conf, driver):

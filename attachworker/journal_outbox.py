@@ -1,0 +1,87 @@
+"""The journal's outbox table: notifications durable before they are published.
+
+Each row keeps the event id its notification is published under (its
+``message_id``), so a resend after a crash is the same notification and the audit
+store de-duplicates it. A row that fails to publish for a reason of its own (not a
+broker outage) is retried a few times, then *parked*: it stays visible in
+``attachworker-manage journal list`` and no longer holds back the rows after it.
+"""
+import json
+import time
+from typing import Any
+from typing import Iterator
+from typing import Optional
+import uuid
+
+from oslo_utils import strutils
+
+#: Failed publications of one row before it is parked.
+MAX_ATTEMPTS = 3
+
+
+def _dumps(value: Any) -> str:
+    if isinstance(value, dict):
+        value = strutils.mask_dict_password(value)
+    return json.dumps(value, default=str)
+
+
+def _text(value: Any) -> Optional[str]:
+    return value if isinstance(value, str) else None
+
+
+class OutboxStore:
+    """Mixed into Journal: uses its ``_transaction``/``_read``/``_write``."""
+
+    def _queue(self, db: Any, action: str, phase: str, fields: dict,
+               fault: Optional[dict], context: dict) -> int:
+        """INSERT into the outbox; the caller holds a transaction."""
+        cursor = db.execute(
+            'INSERT INTO outbox (event_id, request_id, action, phase, fields, fault, '
+            'context, created_at) VALUES (?,?,?,?,?,?,?,?)',
+            (str(uuid.uuid4()), _text(fields.get('request_id')), action, phase,
+             _dumps(fields), _dumps(fault) if fault else None, _dumps(context),
+             time.time()))
+        return cursor.lastrowid
+
+    def queue_notification(self, action: str, phase: str, fields: dict,
+                           fault: Optional[dict], context: dict) -> int:
+        with self._transaction() as db:
+            return self._queue(db, action, phase, fields, fault, context)
+
+    def outbox_row(self, outbox_id: int) -> Optional[dict]:
+        rows = self._read('SELECT * FROM outbox WHERE id=?', outbox_id)
+        return _decode(rows[0]) if rows else None
+
+    def is_sent(self, outbox_id: int) -> bool:
+        rows = self._read('SELECT sent_at FROM outbox WHERE id=?', outbox_id)
+        return bool(rows and rows[0]['sent_at'])
+
+    def mark_sent(self, outbox_id: int) -> None:
+        self._write('UPDATE outbox SET sent_at=? WHERE id=?', time.time(), outbox_id)
+
+    def mark_failed(self, outbox_id: int, error: str) -> bool:
+        """Count a failed publication; True when the row is now parked."""
+        with self._transaction() as db:
+            db.execute('UPDATE outbox SET attempts=attempts+1, last_error=?, '
+                       'parked_at=CASE WHEN attempts+1 >= ? THEN ? ELSE NULL END '
+                       'WHERE id=?', (strutils.mask_password(error)[:500], MAX_ATTEMPTS,
+                                      time.time(), outbox_id))
+            row = db.execute('SELECT parked_at FROM outbox WHERE id=?',
+                             (outbox_id,)).fetchone()
+        return bool(row and row[0])
+
+    def unsent(self) -> Iterator[dict]:
+        for row in self._read('SELECT * FROM outbox WHERE sent_at IS NULL AND parked_at IS '
+                              'NULL ORDER BY id'):
+            yield _decode(row)
+
+    def parked(self) -> list:
+        return [_decode(r) for r in self._read(
+            'SELECT * FROM outbox WHERE sent_at IS NULL AND parked_at IS NOT NULL ORDER BY id')]
+
+
+def _decode(row: dict) -> dict:
+    row['fields'] = json.loads(row['fields'])
+    row['fault'] = json.loads(row['fault']) if row['fault'] else None
+    row['context'] = json.loads(row['context'])
+    return row
