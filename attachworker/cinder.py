@@ -101,12 +101,36 @@ def translate(step: str, exc: BaseException, **ids: Any) -> exception.AttachWork
     return exception.CinderError(reason=reason)
 
 
+class ServiceTokenAuth(service_token.ServiceTokenAuthWrapper):
+    """The caller's auth plus a service token fetched through a session of its own.
+
+    keystoneauth1's wrapper gets the service token with the session of the request
+    it decorates (the ``[cinder]`` one); this one uses ``service_session``, loaded
+    from ``[service_user]``, so that section's cafile, insecure, timeout... apply
+    to the service user's Keystone calls.
+    """
+
+    def __init__(self, user_auth: Any, service_auth: Any, service_session: Any) -> None:
+        super().__init__(user_auth=user_auth, service_auth=service_auth)
+        self.service_session = service_session
+
+    def get_headers(self, session: Any) -> dict:
+        headers = dict(self.user_auth.get_headers(session) or {})
+        token = self.service_auth.get_token(self.service_session)
+        if token:
+            headers[service_token.SERVICE_AUTH_HEADER_NAME] = token
+        return headers
+
+
 class CinderAPI:
     """Builds per-context clients; shared by every worker thread."""
 
     def __init__(self, conf: cfg.ConfigOpts) -> None:
         self._conf = conf
         self._session = ks_loading.load_session_from_conf_options(conf, 'cinder')
+        # the service user's Keystone calls: [service_user] cafile, timeout...
+        self._service_session = ks_loading.load_session_from_conf_options(conf,
+                                                                          'service_user')
         self._lock = threading.Lock()
         self._admin_auth: Any = None
         self._service_auth: Any = None
@@ -132,10 +156,10 @@ class CinderAPI:
                 self._service_auth = self._load_auth('service_user')
             return self._service_auth
 
-    def _ensure_token(self, auth: Any, who: str) -> None:
+    def _ensure_token(self, auth: Any, who: str, session: Any = None) -> None:
         """Get a token from Keystone now, so its failure is not blamed on Cinder."""
         try:
-            auth.get_token(self._session)
+            auth.get_token(session or self._session)
         except ks_exc.Unauthorized as exc:
             raise exception.CinderNotAuthorized(reason='%s: %s' % (who, exc)) from exc
         except (ks_exc.ConnectionError, ks_exc.RequestTimeout, ks_exc.DiscoveryFailure) as exc:
@@ -206,20 +230,14 @@ class CinderAPI:
         endpoint = self._endpoint(ctxt)
         if ctxt.auth_token:
             auth: Any = token_endpoint.Token(endpoint, ctxt.auth_token)
-            if self._conf.service_user.send_service_user_token:
-                service = self._service()
-                self._ensure_token(service, '[service_user] auth')
-                auth = service_token.ServiceTokenAuthWrapper(user_auth=auth,
-                                                             service_auth=service)
         else:
             auth = self._admin()
             self._ensure_token(auth, '[cinder] auth')
-            if self._conf.service_user.send_service_user_token:
-                # undoing an attachment that has connection_info needs a service token
-                service = self._service()
-                self._ensure_token(service, '[service_user] auth')
-                auth = service_token.ServiceTokenAuthWrapper(user_auth=auth,
-                                                             service_auth=service)
+        if self._conf.service_user.send_service_user_token:
+            # undoing an attachment that has connection_info needs a service token
+            service = self._service()
+            self._ensure_token(service, '[service_user] auth', self._service_session)
+            auth = ServiceTokenAuth(auth, service, self._service_session)
         version = self._negotiate(endpoint, auth, ctxt.global_id)
         common = {'session': self._session, 'auth': auth, 'endpoint_override': endpoint,
                   'global_request_id': ctxt.global_id}
@@ -243,6 +261,11 @@ class CinderClient:
         self._retried = retried
         self.version = version
         self.flow = self._pick_flow(attach_flow)
+
+    @property
+    def honours_mode(self) -> bool:
+        """Does attachment_create keep ``mode`` (rw/ro)? Only from 3.54 on."""
+        return self.version >= MODE_VERSION
 
     def _pick_flow(self, wanted: str) -> str:
         supports = self.version >= MIN_ATTACHMENTS_VERSION

@@ -1,15 +1,32 @@
 """[cinder]: how the worker reaches the Block Storage API.
 
 Besides the options below, the section holds keystoneauth1's session options
-(``cafile``, ``insecure``, ``timeout``, ...) and auth options (``auth_type``,
-``auth_url``, ``username``, ...). That auth is used only for calls made with no
-caller token (recovery, reconcile, catalog lookups), never as a fallback when
-Cinder rejects the caller's token.
+(``cafile``, ``insecure``, ``timeout``, ...; ``timeout`` with a default of ours)
+and auth options (``auth_type``, ``auth_url``, ``username``, ...). That auth is
+used only for calls made with no caller token (recovery, reconcile, catalog
+lookups), never as a fallback when Cinder rejects the caller's token.
 """
 from keystoneauth1 import loading as ks_loading
 from oslo_config import cfg
 
 GROUP = 'cinder'
+
+#: keystoneauth1's session ``timeout`` has no default: a Cinder that accepts the
+#: connection and never answers would hold the call, and the worker thread, forever.
+DEFAULT_TIMEOUT = 90.0
+
+TIMEOUT_HELP = """
+Seconds to wait for Cinder (and for Keystone, for the ``[cinder]`` auth)
+to accept a connection, and then for each read of its answer: not a limit
+on the whole request.
+
+The default, 90, is longer than Cinder's own wait for its volume service
+(``rpc_response_timeout``, 60 by default) in initialize_connection and
+attachment_update, so the worker gets Cinder's answer or error rather than
+giving up first. A call that timed out is retried only when it is
+idempotent (``http_retries``); any other may have been done, and the
+pipeline undoes it.
+"""
 
 cinder_opts = [
     cfg.StrOpt('catalog_info',
@@ -61,14 +78,26 @@ When false, an attach is refused before any Cinder change if the instance's
 ]
 
 
+def session_opts() -> list:
+    """keystoneauth1's session options, with our ``timeout`` default."""
+    opts = ks_loading.get_session_conf_options()
+    cfg.set_defaults(opts, timeout=DEFAULT_TIMEOUT)
+    for opt in opts:
+        if opt.dest == 'timeout':
+            opt.help = TIMEOUT_HELP
+        elif opt.dest == 'insecure':  # keystoneauth1 says "Verify HTTPS connections."
+            opt.help = 'Do not verify the HTTPS certificates of Cinder and Keystone.'
+    return opts
+
+
 def register_opts(conf: cfg.ConfigOpts) -> None:
     conf.register_opts(cinder_opts, group=GROUP)
-    ks_loading.register_session_conf_options(conf, GROUP)
+    conf.register_opts(session_opts(), group=GROUP)
     ks_loading.register_auth_conf_options(conf, GROUP)
 
 
 def list_opts():
     return [(GROUP, cinder_opts
-             + ks_loading.get_session_conf_options()
+             + session_opts()
              + ks_loading.get_auth_common_conf_options()
              + ks_loading.get_auth_plugin_conf_options('password'))]
