@@ -9,6 +9,10 @@ only after :meth:`AuditEndpoint.handle_batch` has returned its fate:
 * ``REQUEUE`` only when the database is unavailable, after a back-off shared by
   all handler threads, so an outage is waited out instead of spinning the message
   through the broker.
+
+A message is never requeued for what it is: one that fails to be read or stored
+for any other reason (a bug included) is kept in ``rejected`` on its own, and the
+rest of its batch is stored. A poison message must not wedge a batch or a queue.
 """
 import json
 import logging as logging_std
@@ -93,6 +97,11 @@ class AuditEndpoint:
             except MalformedNotification as exc:
                 results[index] = self.reject(str(exc), _excerpt_source(ctxt, message),
                                              contract.describe(message))
+            except Exception as exc:  # a bug reading one message: it alone is kept aside
+                LOG.exception('Audit consumer failed to read a notification')
+                results[index] = self.reject(
+                    f'audit consumer error: {type(exc).__name__}: {exc}',
+                    _excerpt_source(ctxt, message), contract.describe(message))
         for (index, _), result in zip(events, self._store_events(events, items),
                                       strict=True):
             results[index] = result
@@ -136,36 +145,47 @@ class AuditEndpoint:
         The caller backs off (:meth:`back_off`) before requeueing.
         """
         identity = identity or {}
-        if isinstance(source, str):  # a raw body: mask it as text
-            text = source
-            excerpt = masking.mask_text(text[:self._excerpt_length * 2])
-        else:  # structured: masked by key before it becomes JSON text
-            text = excerpt = json.dumps(masking.mask(source), default=repr, sort_keys=True)
-        excerpt = excerpt[:self._excerpt_length].replace('\x00', '\\x00')
+        length, excerpt = self._excerpt(source)
+        # The same rule as the row's (the store masks its own copy): no secret is
+        # logged either, and no text the log file cannot encode.
+        shown = masking.mask_row(dict({'message_id': None, 'event_type': None,
+                                       'publisher_id': None}, **identity, reason=reason))
         try:
             self._store.record_rejected(
-                reason=reason, size=len(text) if size is None else size, excerpt=excerpt,
+                reason=reason, size=length if size is None else size, excerpt=excerpt,
                 received_at=timeutils.utcnow(), **identity)
         except AuditStoreUnavailable as exc:
             self._count('requeued')
             LOG.warning('Audit store unavailable, rejected notification %(message_id)s '
                         'requeued: %(error)s',
-                        {'message_id': identity.get('message_id'), 'error': exc})
+                        {'message_id': shown['message_id'], 'error': exc})
             return REQUEUE
         except AuditRecordRefused as exc:
             # Nothing about this message will ever fit: requeueing would loop.
             LOG.error('Dropped notification %(message_id)s (%(reason)s): the rejected '
                       'table refused it too (%(error)s); excerpt: %(excerpt)s',
-                      {'message_id': identity.get('message_id'), 'reason': reason,
-                       'error': exc, 'excerpt': excerpt[:256]})
+                      {'message_id': shown['message_id'], 'reason': shown['reason'],
+                       'error': exc, 'excerpt': masking.storable(excerpt[:256])})
             return HANDLED
         self._backoff.succeeded()
         self._count('rejected')
         LOG.warning('Rejected notification %(message_id)s (%(event_type)s from '
-                    '%(publisher_id)s): %(reason)s',
-                    dict({'message_id': None, 'event_type': None, 'publisher_id': None},
-                         **identity, reason=reason))
+                    '%(publisher_id)s): %(reason)s', shown)
         return HANDLED
+
+    def _excerpt(self, source: Any) -> tuple:
+        """(size, masked excerpt) of a message; never fails: it must be kept somehow."""
+        try:
+            if isinstance(source, str):  # a raw body: mask it as text
+                text = source
+                excerpt = masking.mask_text(text[:self._excerpt_length * 2])
+            else:  # structured: masked by key before it becomes JSON text
+                text = excerpt = json.dumps(masking.mask(source), sort_keys=True,
+                                            default=lambda value: masking.mask_text(
+                                                repr(value)))
+        except Exception as exc:  # too deep to walk, keys JSON cannot sort...
+            text = excerpt = f'<{type(source).__name__}: {type(exc).__name__}>'
+        return len(text), excerpt[:self._excerpt_length]
 
     def _count(self, what: str, number: int = 1) -> None:
         with self._lock:

@@ -6,10 +6,22 @@ oslo.messaging hands them over) into an :class:`AuditEvent` whose fields are the
 operator can act on. The schema is checked before any field is read: the event
 type, then the payload envelope's namespace, name and major version. A newer
 minor version is accepted and its unknown fields kept in the stored payload.
+
+Before all that, every text of the message and its context (keys included) must
+be encodable as UTF-8: JSON can carry a lone surrogate (``"\\ud800"``), which no
+database driver will send, so a message with one would fail its whole batch at
+the database instead of being refused here, once.
+
+Masking happens here, once per value (a second pass could cut text, see
+:func:`masking.mask_row`): every column is read from masked data, the payload
+and context, or the message's own ids, each through :func:`masking.mask`.
 """
+import collections
+from collections import abc
 import dataclasses
 import datetime
 import json
+import re
 from typing import Any
 from typing import Optional
 
@@ -25,7 +37,9 @@ PRIORITIES = ('info', 'error')
 EVENT_TYPES = {
     f'instance.volume_{action}.{phase}': (action, outcome)
     for action in ('attach', 'detach')
-    for phase, outcome in (('start', 'pending'), ('end', 'success'), ('error', 'error'))
+    for phase, outcome in (('start', 'pending'), ('end', 'success'), ('error', 'error'),
+                           # an undo that had failed, finished later (never an outcome)
+                           ('cleanup', 'cleanup'))
 }
 PAYLOAD_NAMES = {'attach': 'VolumeAttachPayload', 'detach': 'VolumeDetachPayload'}
 
@@ -40,6 +54,9 @@ FAULT_STRINGS = {'exception': 255, 'step': 255, 'message': None}
 
 #: keys oslo.messaging adds to a notification's context for RPC replies
 TRANSPORT_KEYS = ('msg_id', 'reply_q', 'client_timeout')
+
+#: The only code points of a Python str that UTF-8 cannot encode.
+_SURROGATE = re.compile('[\ud800-\udfff]')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +112,40 @@ def _string(value: Any, name: str, limit: Optional[int], required: bool = False)
     if '\x00' in value:
         raise _bad(f'{name} contains a NUL character')
     return value
+
+
+def _surrogate(text: str) -> Optional[str]:
+    """What in ``text`` UTF-8 cannot encode, if anything: its lone surrogate."""
+    found = _SURROGATE.search(text) if not text.isascii() else None
+    return (f'lone surrogate U+{ord(found.group()):04X} at position {found.start()}'
+            if found else None)
+
+
+def _check_encodable(value: Any, name: str) -> None:
+    """Refuse ``value`` if any text in it, keys included, is not encodable as UTF-8."""
+    try:  # the common case, at C speed: no surrogate anywhere
+        if not _SURROGATE.search(json.dumps(value, ensure_ascii=False, default=str)):
+            return
+    except (TypeError, ValueError, RecursionError):  # keys JSON refuses, too deep
+        pass
+    todo, seen = collections.deque([(name, value)]), set()
+    while todo:  # a loop, not recursion: the depth of JSON is the sender's choice
+        where, item = todo.popleft()
+        if isinstance(item, str):
+            if _surrogate(item):
+                raise _bad(f'{where} is not UTF-8 text: {_surrogate(item)}')
+            continue
+        if not isinstance(item, (abc.Mapping, list, tuple)) or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, abc.Mapping):
+            for key, child in item.items():
+                if isinstance(key, str) and _surrogate(key):
+                    raise _bad(f'a key of {where or "the message"} is not UTF-8 text: '
+                               f'{_surrogate(key)} of {key!r}')
+                todo.append((f'{where}.{key}' if where else str(key), child))
+        else:
+            todo.extend((f'{where}[{index}]', child) for index, child in enumerate(item))
 
 
 def _integer(value: Any, name: str) -> Optional[int]:
@@ -154,12 +205,18 @@ def parse(ctxt: Any, message: Any, received_at: datetime.datetime,
     """Validate and mask one notification; raise MalformedNotification if it fails."""
     if not isinstance(message, dict):
         raise _bad('message is not an object')
-    message_id = _string(message.get('message_id'), 'message_id', 255, required=True)
+    if ctxt is not None and not isinstance(ctxt, abc.Mapping):
+        raise _bad('context is not an object')
+    ctxt = ctxt or {}
+    _check_encodable(message, '')
+    _check_encodable(ctxt, 'context')
+    message_id = _string(masking.mask(message.get('message_id')), 'message_id', 255,
+                         required=True)
     priority = message.get('priority')
     if not isinstance(priority, str) or priority.lower() not in PRIORITIES:
         raise _bad(f'priority {str(priority)[:32]!r} is not INFO or ERROR')
     event_type = message.get('event_type')
-    if event_type not in EVENT_TYPES:
+    if not isinstance(event_type, str) or event_type not in EVENT_TYPES:
         raise _bad(f'event type {str(event_type)[:128]!r} is not an attachworker '
                    'volume event')
     action, outcome = EVENT_TYPES[event_type]
@@ -171,7 +228,7 @@ def parse(ctxt: Any, message: Any, received_at: datetime.datetime,
     values = {key: _string(data[key], key, 255, required=key == 'request_id')
               for key in STRINGS}
     fault = _fault(data['fault'])
-    context = masking.mask({key: value for key, value in (ctxt or {}).items()
+    context = masking.mask({key: value for key, value in ctxt.items()
                             if key not in TRANSPORT_KEYS})
     payload_text = json.dumps(payload, sort_keys=True, default=str)
     if len(payload_text) > max_size:
@@ -181,7 +238,7 @@ def parse(ctxt: Any, message: Any, received_at: datetime.datetime,
     return AuditEvent(
         message_id=message_id, event_type=event_type, action=action, outcome=outcome,
         priority=priority.lower(),
-        publisher_id=_string(message.get('publisher_id'), 'publisher_id', 255),
+        publisher_id=_string(masking.mask(message.get('publisher_id')), 'publisher_id', 255),
         global_request_id=(global_request_id if isinstance(global_request_id, str)
                            and len(global_request_id) <= 255 else None),
         payload_name=name, payload_version=version, **values,

@@ -130,7 +130,7 @@ def _identity(text: str) -> dict:
         outer = json.loads(text)
         inner = outer.get('oslo.message') if isinstance(outer, dict) else None
         return contract.describe(json.loads(inner) if isinstance(inner, str) else outer)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than it decodes
         return {}
 
 

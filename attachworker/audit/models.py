@@ -101,4 +101,8 @@ rejected = sa.Table(
 
 #: Outcomes, in the order one replaces another when events of an operation meet:
 #: an error is never overwritten by a success, a success never by a pending start.
-OUTCOME_RANK = {'pending': 0, 'success': 1, 'error': 2}
+OUTCOME_RANK = {'pending': 0, 'cleanup': 0, 'success': 1, 'error': 2}
+#: Events that do not end their operation (its outcome comes from .end/.error).
+NOT_TERMINAL = ('pending', 'cleanup')
+#: What an operation's outcome can be.
+OPERATION_OUTCOMES = ('pending', 'success', 'error')

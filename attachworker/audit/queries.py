@@ -116,7 +116,7 @@ def stats(engine: sa.engine.Engine, filters: Filters, open_timeout: float,
         for host, outcome, count in conn.execute(
                 sa.select(ops.c.host, ops.c.outcome, sa.func.count()).where(*where)
                 .group_by(ops.c.host, ops.c.outcome)):
-            by_host.setdefault(host, dict.fromkeys(models.OUTCOME_RANK, 0))[outcome] = count
+            by_host.setdefault(host, dict.fromkeys(models.OPERATION_OUTCOMES, 0))[outcome] = count
         durations = list(conn.execute(
             sa.select(ops.c.duration_ms).where(*where, ops.c.duration_ms.is_not(None),
                                                ops.c.outcome != 'pending')
@@ -130,7 +130,7 @@ def stats(engine: sa.engine.Engine, filters: Filters, open_timeout: float,
                                 ).scalar_one()
     return {
         'operations': sum(by_outcome.values()),
-        'by_outcome': {name: by_outcome.get(name, 0) for name in models.OUTCOME_RANK},
+        'by_outcome': {name: by_outcome.get(name, 0) for name in models.OPERATION_OUTCOMES},
         'by_host': {host: dict(counts, total=sum(counts.values()))
                     for host, counts in sorted(by_host.items(), key=lambda i: str(i[0]))},
         'duration_ms': {'count': len(durations), 'p50': percentile(durations, 0.50),

@@ -12,8 +12,15 @@ Two rules make concurrent consumers safe without any lookup-then-write race:
 
 Both statements run in the transaction of the event's batch, so an operation row
 never counts an event that is not stored. SQLite and PostgreSQL are supported: both speak this
-upsert. Database errors are translated here, once, into
-``AuditStoreUnavailable`` (retry later) or ``AuditRecordRefused`` (never will fit).
+upsert.
+
+Errors are translated here, once. Only an outage (:func:`is_outage`: the database
+cannot be reached, the connection is lost, it is locked, read-only or not set
+up) is ``AuditStoreUnavailable``: the batch is requeued, and will fit later.
+Anything else raised while building or writing rows (a value the driver cannot
+adapt or the database refuses, a bug) is about the rows, so it is
+``AuditRecordRefused``: the consumer then finds the message refused and keeps it as
+rejected. Requeueing those would wedge the queue on one poison message.
 """
 import contextlib
 import datetime
@@ -27,6 +34,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects import sqlite
 
+from attachworker.audit import masking
 from attachworker.audit import models
 from attachworker.audit.contract import AuditEvent
 from attachworker.exception import AuditBackendUnsupported
@@ -45,19 +53,43 @@ def default_url(state_path: str) -> str:
 
 
 def _short(exc: Exception) -> str:
-    text = str(getattr(exc, 'orig', None) or exc).strip().splitlines()
+    cause = getattr(exc, 'orig', None) or exc
+    text = str(cause).strip().splitlines()
+    if not isinstance(exc, sa_exc.DBAPIError):  # not the database's words: say what
+        text = ['%s: %s' % (type(cause).__name__, text[0] if text else '')]
     return text[0][:300] if text else type(exc).__name__
+
+
+#: Raised whatever the rows: the database is away, busy or out of resources.
+_OUTAGES = (sa_exc.OperationalError, sa_exc.TimeoutError, sa_exc.DisconnectionError)
+#: PostgreSQL SQLSTATEs (and classes) that are about the database, never the row:
+#: deadlock or serialization (40), a read-only standby after a failover (25006),
+#: no such database, schema or table, a revoked privilege. Connection (08),
+#: resources (53), shutdown (57) and system (58) errors are OperationalErrors.
+_PG_OUTAGE = ('40', '25006', '3D000', '3F000', '42P01', '42501')
+#: SQLite result codes that are not OperationalErrors but about the file.
+_SQLITE_OUTAGE = ('SQLITE_CORRUPT', 'SQLITE_NOTADB')
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database cannot be used now, whatever the rows."""
+    if isinstance(exc, _OUTAGES) or getattr(exc, 'connection_invalidated', False):
+        return True
+    orig = getattr(exc, 'orig', None)
+    code = getattr(orig, 'pgcode', None) or ''
+    return (code.startswith(_PG_OUTAGE)
+            or getattr(orig, 'sqlite_errorname', None) in _SQLITE_OUTAGE)
 
 
 @contextlib.contextmanager
 def translate_errors() -> Iterator[None]:
-    """SQLAlchemy errors -> AuditStoreUnavailable or AuditRecordRefused."""
+    """Any error -> AuditStoreUnavailable (an outage) or AuditRecordRefused."""
     try:
         yield
-    except (sa_exc.IntegrityError, sa_exc.DataError) as exc:
+    except Exception as exc:
+        if is_outage(exc):
+            raise AuditStoreUnavailable(reason=_short(exc)) from exc
         raise AuditRecordRefused(reason=_short(exc)) from exc
-    except sa_exc.SQLAlchemyError as exc:
-        raise AuditStoreUnavailable(reason=_short(exc)) from exc
 
 
 def create_engine(url: str, busy_timeout: float = 10.0) -> sa.engine.Engine:
@@ -90,11 +122,12 @@ def create_engine(url: str, busy_timeout: float = 10.0) -> sa.engine.Engine:
 
 def _operation_row(event: AuditEvent) -> dict:
     """The operation row as this event alone would make it."""
-    terminal = event.outcome != 'pending'
+    terminal = event.outcome not in models.NOT_TERMINAL
     row = {key: getattr(event, key) for key in _DESCRIPTIVE + _TERMINAL[2:]}
     if not terminal:
         row.update(dict.fromkeys(_TERMINAL[2:]))
-    row.update(request_id=event.request_id, action=event.action, outcome=event.outcome,
+    row.update(request_id=event.request_id, action=event.action,
+               outcome=event.outcome if terminal else 'pending',
                events_count=1, updated_at=event.received_at,
                started_at=None if terminal else event.timestamp,
                ended_at=event.timestamp if terminal else None)
@@ -135,11 +168,12 @@ class Store:
         taken in one global order, events by message id and then operations by
         request id, so concurrent batches (PostgreSQL) wait instead of deadlocking.
         """
-        first = {}
-        for index, event in enumerate(events):
-            first.setdefault(event.message_id, index)
-        rows = [events[i].row() for i in sorted(first.values(),
-                                                key=lambda i: events[i].message_id)]
+        with translate_errors():
+            first = {}
+            for index, event in enumerate(events):
+                first.setdefault(event.message_id, index)
+            rows = [events[i].row() for i in sorted(first.values(),
+                                                    key=lambda i: events[i].message_id)]
         with self._write_lock, translate_errors(), self.engine.begin() as conn:
             inserted = set(conn.execute(self._insert_events, rows).scalars())
             stored = [event.message_id in inserted and first[event.message_id] == index
@@ -152,11 +186,21 @@ class Store:
                         received_at: datetime.datetime, message_id: Optional[str] = None,
                         event_type: Optional[str] = None,
                         publisher_id: Optional[str] = None) -> bool:
-        """Keep a message that will never be stored as an event; False if known."""
-        row = dict(message_id=message_id, reason=reason[:1024], event_type=event_type,
-                   publisher_id=publisher_id, size=size, excerpt=excerpt,
-                   received_at=received_at)
-        insert = self._insert_rejected if message_id is None else self._insert_rejected_once
+        """Keep a message that will never be stored as an event; False if known.
+
+        Its texts come from a message that broke the contract: each is masked and
+        made storable here (:func:`masking.mask_row`), then cut to its column.
+        ``excerpt`` comes masked by whoever cut it (structured data is masked
+        before it becomes JSON, and masking that text again could cut it): it is
+        only made storable.
+        """
+        with translate_errors():
+            row = _fit(models.rejected, masking.mask_row(dict(
+                message_id=message_id, reason=reason, event_type=event_type,
+                publisher_id=publisher_id, excerpt=excerpt), masked=('excerpt',)))
+            row.update(size=size, received_at=received_at)
+        insert = (self._insert_rejected if row['message_id'] is None
+                  else self._insert_rejected_once)
         with self._write_lock, translate_errors(), self.engine.begin() as conn:
             return conn.execute(insert, row).rowcount != 0
 
@@ -188,6 +232,15 @@ class Store:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _fit(table: sa.Table, row: dict) -> dict:
+    """Texts cut to their column's length (PostgreSQL refuses longer ones)."""
+    for key, value in row.items():
+        length = getattr(table.c[key].type, 'length', None)
+        if isinstance(value, str) and length and len(value) > length:
+            row[key] = value[:length]
+    return row
 
 
 def _waves(events: list) -> Iterator[list]:

@@ -65,3 +65,45 @@ def test_secrets_are_masked_everywhere(broker, backend, make_serve):
     assert data['auth_token'] == '***'
     assert data['connection_info']['data'] == {'auth_method': 'CHAP',
                                                'auth_password': '***'}
+
+
+IDENTITY_SECRETS = {name: '%s-%s' % (name, uuid.uuid4().hex) for name in (
+    'publisher', 'message_id', 'event_type', 'rejected_publisher', 'rejected_id',
+    'unencodable', 'raw_id', 'raw_text')}
+
+
+@pytest.mark.slow
+def test_secrets_in_ids_event_types_and_reasons_are_masked(broker, backend, make_serve):
+    """The columns that are not the payload: publisher, message id, event type, reason."""
+    serve = make_serve().start()
+    publisher = broker.publisher()
+    s = IDENTITY_SECRETS
+    stored = testing.message('attach', 'start', testing.payload('attach', 'start'))
+    stored.update(publisher_id='attachworker-compute:h token=' + s['publisher'],
+                  message_id='m-%s password=%s' % (uuid.uuid4().hex, s['message_id']))
+    publisher.send(stored)
+    foreign = testing.message('attach', 'start', testing.payload('attach', 'start'))
+    foreign.update(event_type='volume.attach chap_secret=' + s['event_type'],
+                   publisher_id='cinder password=' + s['rejected_publisher'],
+                   message_id='m-%s auth_token=%s' % (uuid.uuid4().hex, s['rejected_id']))
+    publisher.send(foreign)
+    unencodable = testing.message('attach', 'start', testing.payload('attach', 'start'))
+    unencodable.update(event_type='x\ud800 X-Auth-Token: ' + s['unencodable'])
+    publisher.send(unencodable)
+    broker.publish_raw(json.dumps({'oslo.version': '2.0', 'oslo.message': json.dumps({
+        'message_id': 'm-raw password=' + s['raw_id'],
+        'padding': 'x' * 2 * 1024 * 1024 + ' chap_secret=' + s['raw_text']})}).encode())
+
+    wait_until(lambda: backend.count(models.events) == 1
+               and backend.count(models.rejected) == 3, 30, 'stored and rejected')
+    assert serve.stop() == 0
+
+    dump = backend.dump()
+    assert 'volume.attach chap_secret=***' in dump and 'm-raw password=***' in dump
+    assert [name for name, secret in IDENTITY_SECRETS.items() if secret in dump] == []
+    logs = serve.logs()
+    assert 'Rejected notification' in logs  # nor in what serve logged about them
+    assert [name for name, secret in IDENTITY_SECRETS.items() if secret in logs] == []
+    [event] = backend.rows(models.events)
+    assert event['publisher_id'] == 'attachworker-compute:h token=***'
+    assert event['message_id'].endswith(' password=***')

@@ -1,6 +1,8 @@
 """Builders and readers shared by the audit unit tests."""
 import datetime
+import types
 
+from kombu import message as kombu_message
 import sqlalchemy as sa
 
 from attachworker.audit import contract
@@ -35,3 +37,25 @@ def rows(engine, table, **where):
 def count(engine, table):
     with engine.connect() as conn:
         return conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+
+
+# --- what the raw-body guard in front of the rabbit consumer sees ----------------------
+
+class FakeKombuMessage(kombu_message.Message):
+    def __init__(self, body, content_type='application/json'):
+        encoding = 'utf-8' if content_type.endswith('json') else 'binary'
+        super().__init__(body=body, content_type=content_type, content_encoding=encoding)
+        self.settled = None
+
+    def ack(self, multiple=False):
+        self.settled = 'ack'
+
+    def requeue(self):
+        self.settled = 'requeue'
+
+
+class FakeConsumer:
+    def __init__(self):
+        self.queue = types.SimpleNamespace(channel=None)
+        self.taken = []
+        self.callback = self.taken.append

@@ -1,14 +1,20 @@
 """The endpoint decides each message's fate: stored, duplicate, rejected or requeued."""
+import datetime
 import json
 import logging as logging_std
 import time
 
 from oslo_context import context as o_context
 import oslo_messaging as messaging
+import pytest
+from sqlalchemy import exc as sa_exc
 
 from attachworker.audit import backoff
 from attachworker.audit import consumer
+from attachworker.audit import contract
 from attachworker.audit import models
+from attachworker.audit import store as store_module
+from tests.unit.audit.helpers import T0
 from tests.unit.audit.helpers import count
 from tests.unit.audit.helpers import notification
 from tests.unit.audit.helpers import rows
@@ -118,3 +124,124 @@ def test_log_lines_carry_the_request_id_and_no_later_line_inherits_it(endpoint):
         logger.removeHandler(handler)
     assert [r.context.request_id for r in handler.records] == ['req-logged']
     assert o_context.get_current() is None
+
+
+# --- a poison message is rejected alone; its batch is stored ------------------------
+
+def _with_surrogate(place):
+    ctxt, msg = notification('attach', 'start')
+    target = {'payload': msg['payload']['attachworker_object.data'], 'message': msg,
+              'context': ctxt}[place.split('.')[0]]
+    target[place.split('.')[1]] = 'bad-\ud800-text'
+    return ctxt, msg
+
+
+SURROGATE_PLACES = ['payload.host', 'payload.new_field', 'message.event_type',
+                    'message.publisher_id', 'message.message_id', 'context.user_id']
+
+
+def test_text_with_a_lone_surrogate_is_rejected_and_its_batch_stored(endpoint, engine):
+    good = [notification('attach', 'start') for _ in range(3)]
+    bad = [_with_surrogate(place) for place in SURROGATE_PLACES]
+    batch = [good[0], *bad[:3], good[1], *bad[3:], good[2]]
+    assert endpoint.handle_batch(batch) == [HANDLED] * len(batch)
+    assert endpoint.counts == {'stored': 3, 'duplicate': 0, 'rejected': len(bad),
+                               'requeued': 0}
+    assert {e['message_id'] for e in rows(engine, models.events)} == {
+        msg['message_id'] for _, msg in good}
+    rejected = rows(engine, models.rejected)
+    assert len(rejected) == len(bad)
+    assert all('is not UTF-8 text: lone surrogate U+D800' in r['reason'] for r in rejected)
+    # the offending text is kept, escaped
+    assert {r['message_id'] for r in rejected} >= {'bad-\\ud800-text'}
+    assert {r['event_type'] for r in rejected} >= {'bad-\\ud800-text'}
+    assert {r['publisher_id'] for r in rejected} >= {'bad-\\ud800-text'}
+    assert all('bad-\\ud800-text' in r['excerpt'] for r in rejected)  # as JSON escapes it
+    # and a redelivery is known: acked, not a second row
+    assert endpoint.handle_batch(bad[4:5]) == [HANDLED]
+    assert count(engine, models.rejected) == len(bad)
+
+
+def _poison(monkeypatch, error):
+    """The store fails on request 'req-poison' with ``error``, as a bug or driver would."""
+    real = store_module._operation_row
+
+    def operation_row(event):
+        if event.request_id == 'req-poison':
+            raise error
+        return real(event)
+    monkeypatch.setattr(store_module, '_operation_row', operation_row)
+
+
+POISON_ERRORS = {
+    'TypeError': TypeError('unsupported operand'),
+    'ValueError': ValueError('A string literal cannot contain NUL (0x00) characters.'),
+    'DataError': sa_exc.DataError('INSERT', {}, Exception('value too long')),
+    'IntegrityError': sa_exc.IntegrityError('INSERT', {}, Exception('NOT NULL')),
+    'ProgrammingError': sa_exc.ProgrammingError('INSERT', {}, Exception("can't adapt")),
+    'StatementError': sa_exc.StatementError('bad value', 'INSERT', {}, TypeError('x')),
+}
+
+
+@pytest.mark.parametrize('error', POISON_ERRORS.values(), ids=list(POISON_ERRORS))
+def test_a_message_the_store_fails_on_is_rejected_alone(endpoint, engine, monkeypatch,
+                                                        error):
+    _poison(monkeypatch, error)
+    batch = [notification('attach', 'start') for _ in range(2)]
+    batch.insert(1, notification('attach', 'start', request_id='req-poison'))
+    assert endpoint.handle_batch(batch) == [HANDLED] * 3
+    assert endpoint.counts == {'stored': 2, 'duplicate': 0, 'rejected': 1, 'requeued': 0}
+    assert count(engine, models.events) == 2
+    [rejected] = rows(engine, models.rejected)
+    assert rejected['message_id'] == batch[1][1]['message_id']
+    assert rejected['reason'].startswith('Audit store refused the row')
+
+
+def test_a_bug_reading_one_message_rejects_that_message_only(endpoint, engine,
+                                                             monkeypatch):
+    real = contract.parse
+
+    def parse(ctxt, msg, *args):
+        if msg['message_id'] == 'm-poison':
+            raise KeyError('bug')
+        return real(ctxt, msg, *args)
+    monkeypatch.setattr(contract, 'parse', parse)
+    batch = [notification('attach', 'start'), notification('attach', 'start',
+                                                           message_id='m-poison')]
+    assert endpoint.handle_batch(batch) == [HANDLED, HANDLED]
+    assert count(engine, models.events) == 1
+    [rejected] = rows(engine, models.rejected)
+    assert rejected['reason'] == "audit consumer error: KeyError: 'bug'"
+
+
+def test_a_message_too_deep_to_print_is_still_kept(endpoint, engine):
+    deep = {}
+    for _ in range(100_000):
+        deep = {'x': deep}
+    assert endpoint.reject('too deep', {'message': deep}) == HANDLED
+    [rejected] = rows(engine, models.rejected)
+    assert rejected['excerpt'] == '<dict: RecursionError>'
+
+
+# --- a notification resent after a crash: same message_id, same payload -------------
+
+def _resent(msg):
+    """The copy the worker sends after a crash: same id and payload, later stamp."""
+    return dict(msg, payload=json.loads(json.dumps(msg['payload'])),
+                timestamp=str(T0 + datetime.timedelta(minutes=5)))
+
+
+@pytest.mark.parametrize('batches', ['one batch', 'two batches'])
+def test_a_resent_notification_is_stored_once(endpoint, engine, batches):
+    ctxt, msg = notification('attach', 'end', request_id='req-resent', at=T0)
+    copy = (dict(ctxt), _resent(msg))
+    if batches == 'one batch':
+        assert endpoint.handle_batch([(ctxt, msg), copy]) == [HANDLED, HANDLED]
+    else:
+        assert endpoint.handle_batch([(ctxt, msg)]) == [HANDLED]
+        assert endpoint.handle_batch([copy]) == [HANDLED]
+    assert endpoint.counts == {'stored': 1, 'duplicate': 1, 'rejected': 0, 'requeued': 0}
+    [stored] = rows(engine, models.events)
+    assert (stored['message_id'], stored['timestamp']) == (msg['message_id'], T0)
+    [op] = rows(engine, models.operations)
+    assert (op['request_id'], op['events_count'], op['ended_at']) == ('req-resent', 1, T0)

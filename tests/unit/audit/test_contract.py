@@ -5,6 +5,7 @@ import json
 import pytest
 
 from attachworker.audit import contract
+from attachworker.audit import masking
 from attachworker.audit import testing
 from attachworker.exception import MalformedNotification
 from tests.unit.audit.helpers import T0
@@ -153,3 +154,116 @@ def test_describe_never_fails_on_odd_shapes():
         ('message_id', 'event_type', 'publisher_id'))
     assert contract.describe({'message_id': 'a\x00' + 'b' * 300, 'event_type': 3}) == {
         'message_id': 'a' + 'b' * 254, 'event_type': None, 'publisher_id': None}
+
+
+# --- text a database cannot take: refused here, not at the database ---------------
+
+def _everywhere(place, text):
+    """Put ``text`` in one place of a contract notification."""
+    ctxt, msg = notification('attach', 'error')
+    data = msg['payload'][PREFIX + 'data']
+    where = {
+        'payload value': lambda: data.update(host=text),
+        'payload key': lambda: data.update({text: 1}),
+        'new payload field, nested': lambda: data.update(extra={'list': ['ok', text]}),
+        'fault message': lambda: data['fault'].update(message=text),
+        'event_type': lambda: msg.update(event_type=text),
+        'publisher_id': lambda: msg.update(publisher_id=text),
+        'message_id': lambda: msg.update(message_id=text),
+        'timestamp': lambda: msg.update(timestamp=text),
+        'context value': lambda: ctxt.update(user_id=text),
+        'context key': lambda: ctxt.update({text: 'x'}),
+        'context transport key': lambda: ctxt.update(reply_q=text),
+    }
+    where[place]()
+    return ctxt, msg
+
+
+UNENCODABLE = [
+    ('payload value', 'attachworker_object.data.host is not UTF-8 text: lone surrogate '
+                      'U+D800 at position 4'),
+    ('payload key', "a key of payload.attachworker_object.data is not UTF-8 text: "
+                    "lone surrogate U+D800 at position 4 of 'host\\ud800'"),
+    ('new payload field, nested', 'payload.attachworker_object.data.extra.list[1] is not'),
+    ('fault message', 'payload.attachworker_object.data.fault.message is not UTF-8'),
+    ('event_type', 'event_type is not UTF-8 text'),
+    ('publisher_id', 'publisher_id is not UTF-8 text'),
+    ('message_id', 'message_id is not UTF-8 text'),
+    ('timestamp', 'timestamp is not UTF-8 text'),
+    ('context value', 'context.user_id is not UTF-8 text'),
+    ('context key', "a key of context is not UTF-8 text: lone surrogate U+D800"),
+    ('context transport key', 'context.reply_q is not UTF-8 text'),
+]
+
+
+@pytest.mark.parametrize('place,reason', UNENCODABLE, ids=[u[0] for u in UNENCODABLE])
+def test_text_utf8_cannot_encode_is_refused_naming_where_it_is(place, reason):
+    """A lone surrogate (JSON's "\\ud800") passes every other check; drivers refuse it."""
+    ctxt, msg = _everywhere(place, 'host\ud800')
+    with pytest.raises(MalformedNotification) as caught:
+        parse(ctxt, msg)
+    assert reason in str(caught.value)
+    str(caught.value).encode('utf-8')  # the reason itself can be stored
+
+
+def test_other_non_ascii_text_is_accepted():
+    ctxt, msg = _everywhere('payload value', 'compute-é-日本-\U0001f600')
+    assert parse(ctxt, msg).host == 'compute-é-日本-\U0001f600'
+
+
+def test_deeply_nested_data_is_checked_without_recursion():
+    ctxt, msg = notification('attach', 'start')
+    deep = '\udfff'
+    for _ in range(5000):
+        deep = [deep]
+    msg['payload'][PREFIX + 'data']['extra'] = deep
+    with pytest.raises(MalformedNotification, match='lone surrogate U[+]DFFF'):
+        parse(ctxt, msg)
+
+
+@pytest.mark.parametrize('event_type', [{'a': 1}, ['x'], 7])
+def test_an_event_type_that_is_not_a_string_is_refused(event_type):
+    ctxt, msg = notification('attach', 'start')
+    msg['event_type'] = event_type  # a dict used to raise TypeError (unhashable)
+    with pytest.raises(MalformedNotification, match='is not an attachworker volume event'):
+        parse(ctxt, msg)
+
+
+def test_a_context_that_is_not_an_object_is_refused():
+    _, msg = notification('attach', 'start')
+    with pytest.raises(MalformedNotification, match='context is not an object'):
+        parse(['not', 'a', 'dict'], msg)
+
+
+# --- masking: every text column, once --------------------------------------------
+
+def test_every_text_column_of_an_event_is_masked():
+    secret = 'S3cr3t-value-42'
+    ctxt, msg = notification('attach', 'error')
+    data = msg['payload'][PREFIX + 'data']
+    for key in contract.STRINGS:
+        data[key] = '%s password=%s' % (key, secret)
+    data['fault'] = testing.fault(exception='E chap_secret=' + secret,
+                                  message='X-Auth-Token: ' + secret,
+                                  step='s auth_token=' + secret)
+    msg['publisher_id'] = 'attachworker-compute:h token=' + secret
+    msg['message_id'] = 'm-1 password=' + secret
+    ctxt['global_request_id'] = 'req-g secret=' + secret
+    ctxt['auth_token'] = secret
+    event = parse(ctxt, msg)
+    leaked = [key for key, value in event.row().items() if secret in str(value)]
+    assert leaked == []
+    assert event.publisher_id == 'attachworker-compute:h token=***'
+    assert event.message_id == 'm-1 password=***'
+    assert event.host == 'host password=***'
+    assert event.global_request_id == 'req-g secret=***'
+
+
+def test_each_text_is_masked_once():
+    """oslo.utils' patterns are not idempotent: a second pass would cut more text."""
+    text = "{'password': 'pw', 'step': 'attach', 'host': 'compute-1'}"
+    ctxt, msg = notification('attach', 'error', fault=testing.fault(message=text))
+    event = parse(ctxt, msg)
+    assert event.fault_message == masking.mask_text(text)
+    assert json.loads(event.payload)[PREFIX + 'data']['fault']['message'] == (
+        masking.mask_text(text))

@@ -2,10 +2,8 @@
 import json
 import pickle
 import time
-import types
 import uuid
 
-from kombu import message as kombu_message
 from oslo_config import cfg
 import oslo_messaging as messaging
 import pytest
@@ -14,6 +12,8 @@ from attachworker import rpc
 from attachworker.audit import listener
 from attachworker.audit import models
 from attachworker.audit import testing
+from tests.unit.audit.helpers import FakeConsumer
+from tests.unit.audit.helpers import FakeKombuMessage
 from tests.unit.audit.helpers import count
 from tests.unit.audit.helpers import notification
 from tests.unit.audit.helpers import rows
@@ -70,26 +70,6 @@ def test_a_batch_is_stored_together_and_only_failures_requeued(endpoint, engine,
 
 
 # --- the raw-body guard in front of the rabbit driver's consumer callback -----------
-
-class FakeKombuMessage(kombu_message.Message):
-    def __init__(self, body, content_type='application/json'):
-        encoding = 'utf-8' if content_type.endswith('json') else 'binary'
-        super().__init__(body=body, content_type=content_type, content_encoding=encoding)
-        self.settled = None
-
-    def ack(self, multiple=False):
-        self.settled = 'ack'
-
-    def requeue(self):
-        self.settled = 'requeue'
-
-
-class FakeConsumer:
-    def __init__(self):
-        self.queue = types.SimpleNamespace(channel=None)
-        self.taken = []
-        self.callback = self.taken.append
-
 
 def envelope(inner, version='2.0'):
     return json.dumps({'oslo.version': version,
@@ -213,3 +193,15 @@ def test_a_message_requeued_during_an_outage_is_stored_once_after(transport, end
         server.stop()
         server.wait()
     assert count(engine, models.events) == 1
+
+
+@pytest.mark.parametrize('depth', [1990, 5000], ids=['small', 'oversized'])
+def test_a_body_nested_too_deep_to_decode_is_rejected_and_acked(guard, engine, depth):
+    """json.loads raises RecursionError, not ValueError, past Python's recursion limit."""
+    guard_, consumer = guard
+    raw = FakeKombuMessage(b'[' * depth + b']' * depth)  # max_size is 4096
+    guard_(raw)
+    assert raw.settled == 'ack' and consumer.taken == []
+    [rejected] = rows(engine, models.rejected)
+    assert rejected['size'] == 2 * depth
+    assert rejected['message_id'] is None

@@ -1,14 +1,17 @@
 """The store: one row per message, one per operation, in any order, from any process."""
+import dataclasses
 import datetime
 import itertools
 import random
 import threading
 
 import pytest
+from sqlalchemy import exc as sa_exc
 
 from attachworker.audit import models
 from attachworker.audit import store
 from attachworker.exception import AuditBackendUnsupported
+from attachworker.exception import AuditRecordRefused
 from attachworker.exception import AuditStoreUnavailable
 from tests.unit.audit.helpers import T0
 from tests.unit.audit.helpers import count
@@ -150,3 +153,104 @@ def test_a_batch_with_repeats_and_whole_operations(audit_store, engine):
     assert ops['req-2']['outcome'] == 'success'
     assert ops['req-old']['events_count'] == 1
     assert count(engine, models.events) == 5
+
+
+# --- an outage requeues; anything else is about the rows ---------------------------
+
+class _Orig(Exception):
+    def __init__(self, pgcode=None, sqlite_errorname=None):
+        super().__init__('driver error')
+        self.pgcode, self.sqlite_errorname = pgcode, sqlite_errorname
+
+
+def _dbapi(cls, invalidated=False, **orig):
+    return cls('INSERT ...', {}, _Orig(**orig), connection_invalidated=invalidated)
+
+
+OUTAGES = [
+    (_dbapi(sa_exc.OperationalError), True),                  # locked, cannot connect
+    (_dbapi(sa_exc.InterfaceError, invalidated=True), True),  # connection lost
+    (_dbapi(sa_exc.DatabaseError, invalidated=True), True),   # SSL SYSCALL error: EOF
+    (sa_exc.TimeoutError('QueuePool limit reached'), True),
+    (sa_exc.DisconnectionError('gone'), True),
+    (_dbapi(sa_exc.InternalError, pgcode='25006'), True),     # a read-only standby
+    (_dbapi(sa_exc.ProgrammingError, pgcode='42P01'), True),  # no such table
+    (_dbapi(sa_exc.DatabaseError, sqlite_errorname='SQLITE_CORRUPT'), True),
+    (_dbapi(sa_exc.IntegrityError, pgcode='23502'), False),   # NOT NULL
+    (_dbapi(sa_exc.DataError, pgcode='22001'), False),        # value too long
+    (_dbapi(sa_exc.ProgrammingError), False),                 # cannot adapt a dict
+    (_dbapi(sa_exc.InterfaceError), False),                   # sqlite: binding
+    (sa_exc.StatementError('bad value', 'INSERT ...', {}, TypeError('datetime')), False),
+    (TypeError('unhashable'), False),
+    (ValueError('NUL'), False),
+    (UnicodeEncodeError('utf-8', '\ud800', 0, 1, 'surrogates not allowed'), False),
+    (RecursionError(), False),
+]
+
+
+@pytest.mark.parametrize('exc,outage', OUTAGES, ids=[
+    '%d-%s' % (n, type(exc).__name__) for n, (exc, _) in enumerate(OUTAGES)])
+def test_only_an_outage_is_unavailable(exc, outage):
+    assert store.is_outage(exc) is outage
+    expected = AuditStoreUnavailable if outage else AuditRecordRefused
+    with pytest.raises(expected), store.translate_errors():
+        raise exc
+
+
+POISONS = {
+    # values the drivers cannot take: they raise before anything is sent
+    'unadaptable value': dict(fault_code={'a': 1}),
+    'surrogate': dict(host='compute-\ud800'),
+    'not a datetime': dict(timestamp='yesterday'),
+    'missing key': dict(request_id=None),                     # NOT NULL
+}
+
+
+@pytest.mark.parametrize('change', POISONS.values(), ids=list(POISONS))
+def test_a_row_the_database_cannot_take_is_refused_not_an_outage(audit_store, engine,
+                                                                 change):
+    poison = dataclasses.replace(event('attach', 'start'), **change)
+    with pytest.raises(AuditRecordRefused):
+        audit_store.record_events([event('attach', 'start'), poison])
+    assert count(engine, models.events) == 0  # the batch's transaction rolled back
+    assert audit_store.record_event(event('attach', 'start')) is True  # not wedged
+
+
+@pytest.mark.parametrize('error', [TypeError('bug'), ValueError('bug'),
+                                   KeyError('bug')])
+def test_an_error_building_rows_is_refused_not_an_outage(audit_store, monkeypatch, error):
+    def broken(event):
+        raise error
+    monkeypatch.setattr(store, '_operation_row', broken)
+    with pytest.raises(AuditRecordRefused, match='bug'):
+        audit_store.record_event(event('attach', 'start'))
+
+
+def test_rejected_rows_are_masked_escaped_and_cut_to_their_columns(audit_store, engine):
+    assert audit_store.record_rejected(
+        reason='event type %r is not ours; password=pw-1 ' % ('x\ud800',) + 'r' * 2000,
+        size=3, excerpt='{"k": "masked by the caller"}', received_at=T0,
+        message_id='m\ud800\x00 token=tok-1', event_type='e\ud800 chap_secret=cs-1',
+        publisher_id='p' * 300 + '\udfff')
+    [row] = rows(engine, models.rejected)
+    assert row['reason'].startswith("event type 'x\\ud800' is not ours; password=***")
+    assert len(row['reason']) == 1024
+    assert row['message_id'] == 'm\\ud800\\x00 token=***'
+    assert row['event_type'] == 'e\\ud800 chap_secret=***'
+    assert row['publisher_id'] == 'p' * 255
+    assert row['excerpt'] == '{"k": "masked by the caller"}'
+
+
+@pytest.mark.parametrize('order', list(itertools.permutations(range(3))))
+def test_a_later_cleanup_is_in_the_trail_and_never_the_outcome(audit_store, engine, order):
+    """An undo that failed, finished later: its .cleanup joins the operation's events
+    and leaves the .error as the outcome, whatever order they arrive in."""
+    events = operation_events('req-1', ['start', 'error', 'cleanup'])
+    for index in order:
+        audit_store.record_event(events[index])
+    [op] = rows(engine, models.operations)
+    assert op['outcome'] == 'error'
+    assert (op['started_at'], op['ended_at']) == (T0, T0 + SECOND)
+    assert op['events_count'] == 3
+    assert sorted(r['outcome'] for r in rows(engine, models.events)) == [
+        'cleanup', 'error', 'pending']
