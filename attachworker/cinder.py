@@ -164,6 +164,9 @@ class CinderAPI:
             raise exception.CinderNotAuthorized(reason='%s: %s' % (who, exc)) from exc
         except (ks_exc.ConnectionError, ks_exc.RequestTimeout, ks_exc.DiscoveryFailure) as exc:
             raise exception.IdentityUnavailable(reason='%s: %s' % (who, exc)) from exc
+        except ks_exc.HttpError as exc:  # a Keystone 500/503: ours to report, not raw
+            raise exception.IdentityUnavailable(
+                reason='%s: Keystone answered %s' % (who, exc.http_status)) from exc
 
     # --- where Cinder is ---------------------------------------------------------------
     def _catalog_filter(self) -> dict:

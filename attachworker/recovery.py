@@ -132,8 +132,18 @@ class Recovery:
 
     def _conclude(self, record: dict, ctxt: Any, fields: dict, state: str,
                   failed: list) -> None:
-        """Journal the outcome and send the cast's one terminal notification."""
+        """Journal the outcome and send the cast's one terminal notification.
+
+        An operation whose ``.error`` already went out (its undo had failed) gets
+        no second one: once its undo is finished, ``instance.<action>.cleanup``
+        (INFO, the same fields, no fault) tells the audit trail that the volume is
+        now as that ``.error`` said.
+        """
         notification = None
+        if record['state'] == 'undo_failed' and state != 'undo_failed':
+            notification = {'action': record['action'], 'phase': 'cleanup',
+                            'fields': {k: v for k, v in fields.items() if k != 'connector'},
+                            'fault': None, 'context': record['context']}
         if record['state'] == 'running':  # an .error was already sent for undo_failed
             fault = None
             if state != 'completed':

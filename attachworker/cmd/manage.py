@@ -86,6 +86,16 @@ def journal_command(conf: cfg.ConfigOpts) -> int:
                        else '-', o['fields'].get('volume_id') or '-',
                        o['fields'].get('instance_uuid') or '-'] for o in ops]))
         print('%d operation(s)' % len(ops))
+        parked = journal.parked()
+        if parked:
+            print()
+            print(_table(['parked notification', 'event', 'request id', 'tries',
+                          'last error'],
+                         [[p['id'], 'instance.%s.%s' % (p['action'], p['phase']),
+                           p['request_id'] or '-', p['attempts'], p['last_error'] or '-']
+                          for p in parked]))
+            print('%d notification(s) parked: they could not be published and are not '
+                  'retried' % len(parked))
         return 0
     op = journal.get(conf.command.key)
     if op is None:
@@ -97,6 +107,12 @@ def journal_command(conf: cfg.ConfigOpts) -> int:
     print()
     print(_table(['time (UTC)', 'step', 'state'],
                  [[_when(s['at']), s['step'], s['state']] for s in journal.steps(op['op_id'])]))
+    stack = journal.stack(op['op_id'])
+    if stack:
+        print()
+        print(_table(['undo', 'kind', 'of step', 'state', 'arguments'],
+                     [[e['name'], e['kind'], e['step'], e['state'],
+                       json.dumps(e['args'], sort_keys=True)] for e in stack]))
     return 0
 
 

@@ -6,6 +6,7 @@ outbox resend after a kill is the same event) and by the stand-in's volumes
 (nothing left ``reserved`` or ``attaching``).
 """
 import collections
+import os
 import signal
 import sqlite3
 import subprocess
@@ -165,3 +166,42 @@ def test_poison_casts_get_errors_and_nothing_queued_after_them_is_lost(make_work
         unsent = db.execute('SELECT count(*) FROM outbox WHERE sent_at IS NULL').fetchone()
     assert unsent == (0,)
     assert worker.proc.poll() is None
+
+
+def test_sigterm_stops_a_start_up_recovery_that_hangs(make_worker, controller, cinder):
+    """Finding 5: start-up recovery honours SIGTERM; the operation is left for the next
+    start, which recovers it with exactly one outcome."""
+    worker = make_worker().start()  # declares the host queue
+    ctl = controller(worker)
+    worker.stop()
+    ctxt, volume_id = caller(), cinder.add_volume()
+    ctl.api.attach_volume(ctxt, worker.host, {'uuid': str(uuid.uuid4())}, volume_id,
+                          '/dev/vdb')
+    crashed = subprocess.Popen(
+        [str(BIN / 'attachworker-compute'), '--config-file', str(worker.config)],
+        env=dict(os.environ, ATTACHWORKER_TEST_CRASH_AT='attachment_update:done'),
+        stdout=open(worker.out, 'a'), stderr=subprocess.STDOUT)
+    assert crashed.wait(60) == -9, worker.logs()[-3000:]
+    assert cinder.volume(volume_id)['status'] == 'attaching'
+    # Cinder now hangs on every attachment call: recovery blocks in it
+    cinder.fail('*', r'/attachments/', status=None, times=None, delay=30)
+    hanging = subprocess.Popen(
+        [str(BIN / 'attachworker-compute'), '--config-file', str(worker.config)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    wait_until(lambda: 'Recovering volume_attach' in worker.log.read_text(), 30,
+               'recovery to start', worker)
+    t0 = time.monotonic()
+    hanging.send_signal(signal.SIGTERM)
+    assert hanging.wait(20) == 0
+    stopped_in = time.monotonic() - t0
+    print('SIGTERM during a hanging start-up recovery: exit after %.1f s' % stopped_in)
+    assert outcomes_by_request(ctl)[0].get(ctxt.request_id) is None  # none sent yet
+    with cinder._lock:
+        cinder._faults.clear()
+    worker.start()
+    wait_until(lambda: ctxt.request_id in outcomes_by_request(ctl)[0], 60, 'the outcome',
+               worker)
+    terminal, kinds = outcomes_by_request(ctl)
+    assert len(terminal[ctxt.request_id]) == 1
+    assert kinds[ctxt.request_id] == {'instance.volume_attach.error'}
+    assert cinder.volume(volume_id)['status'] == 'available'

@@ -258,3 +258,30 @@ def test_crash_hook_kills_the_process_right_after_the_step(tmp_path):
     assert done.returncode == -9 and 'not reached' not in done.stdout
     record = Journal(str(tmp_path)).get('req-k')
     assert (record['last_step'], record['step_state']) == ('reserve', 'done')
+
+
+def test_manage_journal_shows_parked_notifications_and_the_undo_stack(tmp_path):
+    state = tmp_path / 'state'
+    journal = Journal(str(state))
+    notifier = FlakyNotifier()
+    notifier.poison = {'req-poison'}
+    outbox = Outbox(journal, notifier)
+    outbox.notify(aw_context.RequestContext(), 'volume_attach', 'error',
+                  request_id='req-poison')
+    outbox.flush()
+    outbox.flush()  # the third failure parks it
+    op = Operation('volume_attach', 'req-stack', 'h1', observer=journal)
+    journal.begin(op, {})
+    op.step('reserve', lambda: None, undo=('unreserve', {'volume_id': 'vol-1'}))
+    journal.close()
+    config = tmp_path / 'manage.conf'
+    config.write_text('[DEFAULT]\nstate_path = %s\n' % state)
+    script = os.path.join(os.path.dirname(sys.executable), 'attachworker-manage')
+    listing = subprocess.run([script, '--config-file', str(config), 'journal', 'list'],
+                             capture_output=True, text=True)
+    assert listing.returncode == 0, listing.stderr
+    assert 'notification(s) parked' in listing.stdout
+    assert 'req-poison' in listing.stdout and 'TypeError' in listing.stdout
+    shown = subprocess.run([script, '--config-file', str(config), 'journal', 'show',
+                            'req-stack'], capture_output=True, text=True)
+    assert 'unreserve' in shown.stdout and 'vol-1' in shown.stdout and 'armed' in shown.stdout

@@ -219,7 +219,12 @@ def test_failed_undo_is_retried_without_a_second_notification(conf, cloud, notif
     cloud.m.delete('%s/attachments/%s' % (cloud.base, cloud.attachment_id),
                    json=cloud._deleted)
     assert recover(conf) == {'undone': 1}
-    assert len(notifications()) == before + 1
+    # no second outcome; the audit trail learns the undo is finished
+    assert [e for e, _, _, _ in notifications()[before:]] == [
+        'instance.volume_attach.error', 'instance.volume_attach.cleanup']
+    cleanup = notifications()[-1]
+    assert cleanup[1] == 'INFO' and cleanup[2]['fault'] is None
+    assert cleanup[2]['request_id'] == 'req-crashed'
     assert recover(conf) == {}
 
 
@@ -277,6 +282,8 @@ def test_keystone_failing_leaves_the_operation_for_the_next_round(conf, cloud,
     cloud.m.post(KEYSTONE + '/auth/tokens', status_code=500, json={'error': {}})
     assert recover(conf) == {'undo_failed': 1}
     assert not cloud.att.get('deleted')
+    fault = notifications()[-1][2]['fault']
+    assert fault['step'] == 'recovery' and 'release_attachment failed' in fault['message']
     keystone_token(cloud.m, 'cinder-admin-token', SERVICE_PROJECT)
     assert recover(conf) == {'undone': 1}
     assert cloud.att.get('deleted')
