@@ -368,16 +368,6 @@ class CinderClient:
         return [{'id': a.id, 'instance': getattr(a, 'instance', None),
                  'status': getattr(a, 'status', None)} for a in found]
 
-    def release_reservations(self, volume_id: str, instance_uuid: str) -> None:
-        """Delete the instance's not yet attached attachments of the volume.
-
-        The undo of an attachment_create whose answer never came back: its id is
-        unknown, the instance it was made for is not.
-        """
-        for att in self.attachments_of(volume_id):
-            if att['instance'] == instance_uuid and att['status'] != 'attached':
-                self.attachment_delete(att['id'])
-
     def detach_instance(self, volume_id: str, instance_uuid: str) -> None:
         """Legacy detach of the instance, if Cinder shows it attached."""
         for att in self.get(volume_id)['attachments']:

@@ -52,6 +52,10 @@ class Delivery:
         if ack is not None:
             ack()
 
+    def release(self) -> None:
+        """Never ack: the broker delivers the cast again when this connection closes."""
+        self._ack = None
+
 
 def current() -> Delivery:
     return getattr(_current, 'delivery', None) or Delivery()
@@ -86,8 +90,21 @@ class DeferredAck:
     def __call__(self, message: Any) -> None:
         if message.get('_msg_id'):
             return self._listener(message)  # a call: acked on arrival
+        try:
+            self._take(message)
+        except Exception:  # noqa: BLE001 - oslo.messaging would reject (drop) the cast
+            LOG.exception('Could not take a cast in; it is left unacknowledged, for '
+                          'the broker to deliver again')
+
+    def _take(self, message: Any) -> None:
         unique_id = message.get('_unique_id')
-        if unique_id and self._known(unique_id):
+        try:
+            known = bool(unique_id) and self._known(unique_id)
+        except Exception as exc:  # noqa: BLE001 - Journal.begin's unique index decides
+            LOG.warning('Could not look cast %s up in the journal (%s): taking it',
+                        unique_id, exc)
+            known = False
+        if known:
             LOG.info('Cast %s was delivered again and is already journalled: '
                      'acknowledged', unique_id)
             return _acknowledge(message)

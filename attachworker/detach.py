@@ -21,6 +21,32 @@ from attachworker import exception
 LOG = logging.getLogger(__name__)
 
 
+class HostKeptTheVolume(exception.VirtDriverError):
+    """The driver failed and the host still has the volume: nothing changed."""
+
+    msg_fmt = 'The host did not let go of volume %(volume_id)s: %(reason)s'
+    code = 409
+    expected = True  # definite: the detach is rolled back, not finished
+
+
+def _host_detach(driver: Any, ctxt: Any, instance: dict, mountpoint: Any,
+                 volume_id: str) -> None:
+    """The driver's detach; a failure that left the volume on the host is definite."""
+    try:
+        driver.detach_volume(ctxt, instance, mountpoint, volume_id)
+    except Exception as exc:
+        if getattr(exc, 'expected', False):
+            raise
+        try:
+            kept = any(a['volume_id'] == volume_id
+                       for a in driver.get_attachments(instance['uuid']))
+        except Exception:  # noqa: BLE001 - cannot tell: the failure stays ambiguous
+            raise exc from None
+        if kept:
+            raise HostKeptTheVolume(volume_id=volume_id, reason=exc) from exc
+        raise
+
+
 def _find(volume: dict, on_host: Any, req: Any) -> Any:
     """The instance's Cinder attachment the cast means (None: Cinder has none)."""
     mine = [a for a in volume['attachments'] if a.get('server_id') == req.instance_uuid]
@@ -67,7 +93,7 @@ def detach_pipeline(cinder_api: Any, driver: Any, connector_fn: Callable[[], dic
     if legacy:
         op.step('begin_detaching', cinder.begin_detaching, req.volume_id,
                 undo=('roll_detaching', {'volume_id': req.volume_id}))
-    op.step('driver_detach', driver.detach_volume, ctxt, req.instance, mountpoint,
+    op.step('driver_detach', _host_detach, driver, ctxt, req.instance, mountpoint,
             req.volume_id,
             finish=('finish_detach', {'instance_uuid': req.instance_uuid,
                                       'volume_id': req.volume_id, 'mountpoint': mountpoint,

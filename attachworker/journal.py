@@ -79,10 +79,13 @@ class Journal(OutboxStore, StepObserver):
                 self._db.execute('BEGIN IMMEDIATE')
                 try:
                     yield self._db
+                    self._db.execute('COMMIT')
                 except BaseException:
-                    self._db.execute('ROLLBACK')
+                    # also when COMMIT itself failed: never leave the connection
+                    # inside a transaction, or every later write fails too
+                    with contextlib.suppress(sqlite3.Error):
+                        self._db.execute('ROLLBACK')
                     raise
-                self._db.execute('COMMIT')
         except sqlite3.Error as exc:
             raise exception.JournalError(reason=str(exc)) from exc
 
@@ -221,19 +224,34 @@ class Journal(OutboxStore, StepObserver):
                               limit)
         return [_decode(r) for r in rows]
 
-    def orphans(self) -> list:
-        """Unfinished operations whose owner process is gone."""
-        return [op for op in self.list(('running',), limit=100000)
-                if not locks.owner_alive(self.state_path, op['owner'])]
+    def orphans(self, states: tuple = ('running',)) -> list:
+        """Operations in ``states`` whose owner process is gone (or is this one, for
+        anything but ``running``: a live process retries its own failed undos)."""
+        return [op for op in self.list(states, limit=100000)
+                if (op['owner'] == self.owner and states != ('running',))
+                or not locks.owner_alive(self.state_path, op['owner'])]
 
     def attachments_in_use(self) -> set:
-        """Attachment ids that running operations of live owners hold."""
+        """Attachment ids that unfinished operations hold, whoever runs them: their
+        cast's, and those their undo entries name."""
         ids = set()
-        for op in self.list(('running',), limit=100000):
-            if op['owner'] == self.owner or locks.owner_alive(self.state_path, op['owner']):
-                if op['fields'].get('attachment_id'):
-                    ids.add(op['fields']['attachment_id'])
+        for op in self.list(('running', 'undo_failed'), limit=100000):
+            if op['fields'].get('attachment_id'):
+                ids.add(op['fields']['attachment_id'])
+            for entry in self.stack(op['op_id']):
+                if entry['args'].get('attachment_id'):
+                    ids.add(entry['args']['attachment_id'])
         return ids
+
+    def superseded(self, record: dict) -> bool:
+        """Did a later operation on the same instance and volume complete?"""
+        fields = record['fields']
+        for op in self.list(('completed',), limit=1000):
+            if (op['created_at'] > record['created_at']
+                    and op['fields'].get('instance_uuid') == fields.get('instance_uuid')
+                    and op['fields'].get('volume_id') == fields.get('volume_id')):
+                return True
+        return False
 
     def claim(self, op_id: str, previous_owner: str, state: str = 'running') -> bool:
         """Take over an orphan; False when another process took it first."""

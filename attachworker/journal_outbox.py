@@ -17,6 +17,14 @@ from oslo_utils import strutils
 
 #: Failed publications of one row before it is parked.
 MAX_ATTEMPTS = 3
+_OUTCOME_NAMESPACE = uuid.UUID('5b1c6f2e-8a47-4c1e-9a3d-6f0e2b7c9d41')
+
+
+def outcome_event_id(op_id: str) -> str:
+    """The event id of an operation's terminal notification, whoever sends it (the
+    pipeline, a direct publish while the journal fails, recovery): a second copy is
+    the same event, and the audit store keeps one."""
+    return str(uuid.uuid5(_OUTCOME_NAMESPACE, op_id))
 
 
 def _dumps(value: Any) -> str:
@@ -33,14 +41,17 @@ class OutboxStore:
     """Mixed into Journal: uses its ``_transaction``/``_read``/``_write``."""
 
     def _queue(self, db: Any, action: str, phase: str, fields: dict,
-               fault: Optional[dict], context: dict) -> int:
-        """INSERT into the outbox; the caller holds a transaction."""
+               fault: Optional[dict], context: dict, event_id: Optional[str] = None,
+               sent: bool = False) -> int:
+        """INSERT into the outbox; the caller holds a transaction. ``sent``: it was
+        published already (directly, while the journal could not be written)."""
+        now = time.time()
         cursor = db.execute(
             'INSERT INTO outbox (event_id, request_id, action, phase, fields, fault, '
-            'context, created_at) VALUES (?,?,?,?,?,?,?,?)',
-            (str(uuid.uuid4()), _text(fields.get('request_id')), action, phase,
-             _dumps(fields), _dumps(fault) if fault else None, _dumps(context),
-             time.time()))
+            'context, created_at, sent_at) VALUES (?,?,?,?,?,?,?,?,?)',
+            (event_id or str(uuid.uuid4()), _text(fields.get('request_id')), action,
+             phase, _dumps(fields), _dumps(fault) if fault else None, _dumps(context),
+             now, now if sent else None))
         return cursor.lastrowid
 
     def queue_notification(self, action: str, phase: str, fields: dict,

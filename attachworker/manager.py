@@ -90,15 +90,22 @@ class ComputeManager:
     def _run(self, ctxt: Any, action: str, raw: dict, validate: Callable[[], Any],
              pipeline: Callable[[Any, Any, Operation], None]) -> None:
         """Validate, journal (then ack), notify ``.start``, run ``pipeline`` under the
-        locks, and end with exactly one ``.end`` or ``.error`` (after the undos)."""
+        locks, and end with exactly one ``.end`` or ``.error`` (after the undos, still
+        under the locks: nothing of this instance or volume runs in between)."""
         ctxt.update_store()  # log lines carry the cast's request id
         delivery = aw_delivery.current()
+        if self.abort.is_set():
+            # stopping: a cast not yet journalled goes back to the queue, for the
+            # next start, instead of failing at its first step
+            delivery.release()
+            return
         op = Operation(action, ctxt.request_id, self._conf.host, self.abort, self._journal)
         op.update(**raw)
         req, invalid = None, None
         try:
             validation.check_context(ctxt)
             req = validate()
+            op.update(**req.identity(ctxt))  # journalled, attachment_id included
         except exception.InvalidInput as exc:
             invalid = exc
         try:
@@ -114,29 +121,35 @@ class ComputeManager:
         if invalid is not None:
             self._outcomes.finish(ctxt, op, 'failed', invalid)
             return
-        op.update(**req.identity(ctxt))
         self._outbox.notify(ctxt, action, 'start', **op.payload())
-        try:
-            with locks.instance_lock(self._conf.state_path, req.instance_uuid), \
-                    locks.volume_lock(self._conf.state_path, req.volume_id):
+        with locks.instance_lock(self._conf.state_path, req.instance_uuid), \
+                locks.volume_lock(self._conf.state_path, req.volume_id):
+            try:
                 pipeline(ctxt, req, op)
-        except Exception as exc:  # noqa: BLE001 - every cast ends with an outcome
-            if getattr(exc, 'touch_nothing', False):
-                self._outcomes.finish(ctxt, op, 'failed', exc)
+            except Exception as exc:  # noqa: BLE001 - every cast ends with an outcome
+                self._failed(ctxt, op, exc)
                 return
-            undo_failed, finished = op.undo(self._compensator(ctxt))
-            if finished:
-                self._outcomes.finish(ctxt, op, 'completed')
-            else:
-                self._outcomes.finish(ctxt, op, 'undo_failed' if undo_failed else 'undone',
-                                      exc, undo_failed)
+            LOG.info('%(action)s of volume %(volume)s on instance %(instance)s done '
+                     '(device %(dev)s, %(flow)s flow)',
+                     {'action': action, 'volume': req.volume_id,
+                      'instance': req.instance_uuid, 'dev': op.fields.get('mountpoint'),
+                      'flow': op.fields.get('flow')})
+            self._outcomes.finish(ctxt, op, 'completed')
+
+    def _failed(self, ctxt: Any, op: Operation, exc: Exception) -> None:
+        if getattr(exc, 'touch_nothing', False):
+            self._outcomes.finish(ctxt, op, 'failed', exc)
             return
-        LOG.info('%(action)s of volume %(volume)s on instance %(instance)s done '
-                 '(device %(dev)s, %(flow)s flow)',
-                 {'action': action, 'volume': req.volume_id,
-                  'instance': req.instance_uuid, 'dev': op.fields.get('mountpoint'),
-                  'flow': op.fields.get('flow')})
-        self._outcomes.finish(ctxt, op, 'completed')
+        undo_failed, finished = op.undo(self._compensator(ctxt))
+        if finished:
+            self._outcomes.finish(ctxt, op, 'completed')
+        else:
+            self._outcomes.finish(ctxt, op, 'undo_failed' if undo_failed else 'undone',
+                                  exc, undo_failed)
+
+    def retry_unjournalled(self) -> None:
+        """Not an RPC method: journal outcomes published while the journal failed."""
+        self._outcomes.retry()
 
     def _compensator(self, ctxt: Any) -> Compensator:
         return Compensator(lambda: self._cinder.client(ctxt), self._driver, ctxt,
@@ -167,8 +180,7 @@ class ComputeManager:
         volume = op.step('get_volume', cinder.get, req.volume_id)
         checks.trusted(ctxt, volume, req.instance, req.volume_id)
         if self._already_attached(volume, req, op, self._compensator(ctxt)):
-            op.commit()  # the live attachment is not this cast's to release
-            return
+            return  # committed: the live attachment is not this cast's to release
         op.step('check_attach', checks.can_attach, self._conf, self._driver, cinder,
                 volume, req, flow)
         connector = op.step('connector', self._connector)
@@ -211,7 +223,9 @@ class ComputeManager:
                                             host_name=connector.get('host')))
         op.step('driver_attach', self._driver.attach_volume, ctxt, connection_info,
                 req.instance, mountpoint, req.volume_id, record,
-                undo=('driver_detach', dict(ids, mountpoint=mountpoint)), resume=resume)
+                undo=('driver_detach', dict(ids, mountpoint=mountpoint,
+                                            attachment_id=record['attachment_id'])),
+                resume=resume)
 
         if flow == 'attachments':
             # If the answer is lost, only this worker can have completed it.
@@ -230,20 +244,31 @@ class ComputeManager:
 
     def _already_attached(self, volume: dict, req: validation.AttachRequest,
                           op: Operation, compensator: Compensator) -> bool:
-        """A duplicate cast: the volume is already attached to this instance."""
+        """A duplicate cast: the volume is already attached to this instance.
+
+        Answered ``.end`` only when the host has the volume too; the answer is
+        journalled as the operation's commit, so a kill after it undoes nothing.
+        """
         for attached in volume['attachments']:
             if attached.get('server_id') != req.instance_uuid:
                 continue
             existing = attached.get('attachment_id') or attached.get('id')
+            if not any(a['volume_id'] == req.volume_id
+                       for a in self._driver.get_attachments(req.instance_uuid)):
+                raise exception.InvalidVolume(
+                    volume_id=req.volume_id,
+                    reason='Cinder shows it attached to this instance (attachment %s) but '
+                           'this host does not have it: detach it first' % existing)
             LOG.info('Volume %(volume)s is already attached to instance %(instance)s '
                      '(attachment %(att)s): nothing to do',
                      {'volume': req.volume_id, 'instance': req.instance_uuid, 'att': existing})
             if req.attachment_id and req.attachment_id != existing:
                 # The controller reserved a second attachment for the duplicate:
-                # release it now, so the volume keeps exactly one.
+                # release it now (its undo), so the volume keeps exactly one.
                 entry = op.stack[0]
                 op.step('release_reservation', compensator.run, entry['name'], entry['args'])
             op.update(attachment_id=existing, mountpoint=attached.get('device'))
+            op.step('duplicate', lambda: None, commit=True)
             return True
         return False
 
@@ -251,4 +276,5 @@ class ComputeManager:
     def reject(self, ctxt: Any, method: str, exc: BaseException) -> None:
         """Not an RPC method (see RPC_METHODS): the dispatcher's hook for casts it
         could not deliver (unknown method or version, a context it cannot read)."""
-        self._outcomes.reject(ctxt, self.RPC_METHODS.get(method), exc)
+        self._outcomes.reject(ctxt, self.RPC_METHODS.get(method), exc,
+                              aw_delivery.current())

@@ -11,6 +11,7 @@ journal itself cannot be written, the notification is published directly: an
 outcome is never withheld.
 """
 import threading
+import time
 from typing import Any
 from typing import Optional
 
@@ -49,10 +50,16 @@ class Outbox:
         return self.send(outbox_id, ctxt, action, phase, fault, fields)
 
     def send(self, outbox_id: Optional[int], ctxt: Any, action: str, phase: str,
-             fault: Optional[dict], fields: dict) -> bool:
-        """Publish one queued notification; True once it is out (now or before)."""
-        if outbox_id is None:  # not queued: the journal failed
-            return self._notifier.notify(ctxt, action, phase, fault=fault, **fields)
+             fault: Optional[dict], fields: dict, event_id: Optional[str] = None) -> bool:
+        """Publish one queued notification; True once it is out (now or before).
+
+        ``outbox_id`` None: it could not be queued (the journal failed); it is
+        published directly, under ``event_id`` when the caller has one.
+        """
+        if outbox_id is None:
+            event = (event_id, time.time()) if event_id else None
+            return self._notifier.notify(ctxt, action, phase, fault=fault, event=event,
+                                         **fields)
         with self._lock:
             if outbox_id in self._sending:
                 return False

@@ -32,6 +32,7 @@ from attachworker import context as aw_context
 from attachworker import exception
 from attachworker import locks
 from attachworker import undo as undo_rules
+from attachworker.journal_outbox import outcome_event_id
 
 LOG = logging.getLogger(__name__)
 
@@ -55,17 +56,21 @@ class Recovery:
     def run(self, stop: Optional[threading.Event] = None) -> dict:
         """Resolve every orphan, until ``stop`` is set; returns {outcome: count}."""
         counts: dict = {}
-        candidates = self._journal.orphans() + self._journal.list(('undo_failed',), 100000)
+        # undo_failed: ours, or of a dead owner (a live one retries its own)
+        candidates = self._journal.orphans() + self._journal.orphans(('undo_failed',))
         for record in candidates:
             if stop is not None and stop.is_set():
                 LOG.info('Recovery stopped: the worker is stopping')
                 break
             if not self._journal.claim(record['op_id'], record['owner'], record['state']):
                 continue
+            fields = record['fields']
             try:
                 with locks.instance_lock(self._conf.state_path,
-                                         record['fields'].get('instance_uuid') or 'none'):
-                    outcome = self.resolve(record)
+                                         fields.get('instance_uuid') or 'none'), \
+                        locks.volume_lock(self._conf.state_path,
+                                          fields.get('volume_id') or 'none'):
+                    outcome = self.resolve(self._journal.get(record['op_id']) or record)
             except Exception:  # noqa: BLE001 - one operation must not stop the round
                 LOG.exception('Recovery of %s failed; it is retried at the next round',
                               record['fields'].get('request_id'))
@@ -99,6 +104,12 @@ class Recovery:
         failed: list = []
         if record['committed']:
             state = 'completed'
+        elif record['state'] == 'undo_failed' and self._journal.superseded(record):
+            # the instance and volume were dealt with since (a later operation on
+            # them completed): replaying this stack now would undo that one
+            LOG.info('Operation %s was overtaken by a later one on the same instance '
+                     'and volume: its failed undo is retired', record['op_id'])
+            state = 'undone'
         elif self._resumed(record, stack, compensator):
             state = 'completed'
         else:
@@ -111,6 +122,12 @@ class Recovery:
         """``recovery_action = finish``: complete an attach whose driver had attached."""
         if self._conf.worker.recovery_action != 'finish' or record['state'] != 'running':
             return False
+        if any(e['state'] in ('done', 'failed') for e in stack):
+            return False  # an undo already ran (the host may have let go): undo the rest
+        fields = record['fields']
+        if not any(a['volume_id'] == fields.get('volume_id') for a in
+                   self._driver.get_attachments(fields.get('instance_uuid'))):
+            return False  # the host does not have it: nothing to complete
         for entry in stack:
             if entry['kind'] == undo_rules.RESUME and entry['state'] == 'armed':
                 try:
@@ -156,7 +173,8 @@ class Recovery:
             payload = {k: v for k, v in fields.items() if k != 'connector'}
             notification = {'action': record['action'],
                             'phase': 'error' if fault else 'end', 'fields': payload,
-                            'fault': fault, 'context': record['context']}
+                            'fault': fault, 'context': record['context'],
+                            'event_id': outcome_event_id(record['op_id'])}
         outbox_id = self._journal.finish(record['op_id'],
                                          state if state == 'undo_failed' else 'recovered',
                                          fields, notification=notification)

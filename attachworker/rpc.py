@@ -20,6 +20,7 @@ from oslo_messaging.rpc import server as rpc_server
 
 from attachworker import context as aw_context
 from attachworker import delivery
+from attachworker import exception
 from attachworker import validation
 
 LOG = logging.getLogger(__name__)
@@ -127,8 +128,12 @@ class Dispatcher(rpc_dispatcher.RPCDispatcher):
         try:
             if not isinstance(method, str) or method not in self._allowed:
                 raise rpc_dispatcher.NoSuchMethod(str(method)[:64])
+            problem = validation.message_problem(message)
+            if problem:
+                raise exception.InvalidInput(reason='malformed RPC message: %s' % problem)
             return super().dispatch(incoming)
-        except (rpc_dispatcher.NoSuchMethod, rpc_dispatcher.UnsupportedVersion) as exc:
+        except (rpc_dispatcher.NoSuchMethod, rpc_dispatcher.UnsupportedVersion,
+                exception.InvalidInput) as exc:
             self._reject(incoming, exc)
         except Exception:  # noqa: BLE001 - nothing may kill the server loop
             LOG.exception('RPC method %s raised; its outcome was already published',

@@ -73,6 +73,7 @@ class WorkerService:
         while waiter.is_alive():
             waiter.join(1.0)
         timer.cancel()
+        self._manager.retry_unjournalled()
         self._outbox.flush()
         LOG.info('attachworker-compute stopped')
         return 0
@@ -97,6 +98,7 @@ class WorkerService:
     def housekeeping(self, recover: bool) -> None:
         """Recovery (when asked), queued notifications, journal pruning; never raises."""
         try:
+            self._manager.retry_unjournalled()
             if recover:
                 self._recovery.run(self._stop)
             self._outbox.flush()

@@ -139,7 +139,17 @@ class Compensator:
         self._driver.release_device_name(instance_uuid, volume_id)
 
     def do_driver_detach(self, instance_uuid: str, volume_id: str,
-                         mountpoint: Optional[str]) -> None:
+                         mountpoint: Optional[str],
+                         attachment_id: Optional[str] = None) -> None:
+        """The host lets go, unless what it holds now is another attachment (a later
+        attach of the same volume): an old stack never takes a newer disk away."""
+        for held in self._driver.get_attachments(instance_uuid):
+            if (held['volume_id'] == volume_id and attachment_id
+                    and held.get('attachment_id') not in (None, attachment_id)):
+                LOG.info('Volume %s is attached to %s again, as attachment %s (not %s): '
+                         'left alone', volume_id, instance_uuid, held['attachment_id'],
+                         attachment_id)
+                return
         self._driver.detach_volume(self._ctxt, {'uuid': instance_uuid}, mountpoint,
                                    volume_id)
 
@@ -212,7 +222,7 @@ class Compensator:
     # --- finishing a detach the host had begun ---------------------------------------------
     def do_finish_detach(self, instance_uuid: str, volume_id: str, mountpoint: Optional[str],
                          attachment_id: Optional[str], flow: str, connector: dict) -> None:
-        self.do_driver_detach(instance_uuid, volume_id, mountpoint)
+        self.do_driver_detach(instance_uuid, volume_id, mountpoint, attachment_id)
         if attachment_id is None:
             return
         try:

@@ -179,6 +179,28 @@ def context_problem(values: Any) -> Optional[str]:
     return None
 
 
+#: Argument names oslo.messaging's dispatcher passes itself.
+_RESERVED_ARGUMENTS = ('ctxt', 'self')
+VERSION_RE = re.compile(r'\d{1,4}\.\d{1,4}')
+
+
+def message_problem(message: dict) -> Optional[str]:
+    """What makes an RPC message undeliverable before any endpoint sees it, or None."""
+    args = message.get('args', {})
+    if not isinstance(args, dict):
+        return 'args is a %s, not a dict' % type(args).__name__
+    for name in args:
+        if not isinstance(name, str) or name in _RESERVED_ARGUMENTS:
+            return 'argument name %s is not allowed' % _quote(name)
+    version = message.get('version', '1.0')
+    if not isinstance(version, str) or not VERSION_RE.fullmatch(version):
+        return 'version %s is not like 1.1' % _quote(version)
+    namespace = message.get('namespace')
+    if namespace is not None and not isinstance(namespace, str):
+        return 'namespace must be a string'
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class DetachRequest(_Request):
     """A validated ``detach_volume`` cast."""

@@ -64,8 +64,8 @@ def test_kill_9_with_a_controller_made_attachment(make_worker, controller, volum
         ctxt = caller_context(sessions['demo'])
         ctl.api.attach_volume(ctxt, worker.host, {'uuid': instance,
                                                   'project_id': ctxt.project_id},
-                              volume_id, attachment_id=reservation.id)
-        return ctxt.request_id, (volume_id, reservation.id)
+                              volume_id, attachment_id=reservation['id'])
+        return ctxt.request_id, (volume_id, reservation['id'])
     casts, seen, elapsed = run_matrix(worker, ctl, cast, points)
     problems = []
     for request_id, (boundary, (volume_id, _)) in casts.items():
@@ -95,10 +95,10 @@ def test_kill_9_during_a_duplicate_cast_keeps_the_live_attachment(make_worker, c
         ctxt = caller_context(sessions['demo'])
         ctl.api.attach_volume(ctxt, worker.host, {'uuid': instance,
                                                   'project_id': ctxt.project_id},
-                              volume_id, '/dev/vdb', attachment_id=reservation.id)
+                              volume_id, '/dev/vdb', attachment_id=reservation['id'])
         assert terminal(ctl.outcomes([ctxt.request_id]), ctxt.request_id) == [
             'instance.volume_attach.end']
-        live[volume_id] = (instance, reservation.id)
+        live[volume_id] = (instance, reservation['id'])
     worker.stop()
     pending = iter(live.items())
 

@@ -21,7 +21,8 @@ def outcome(ctl, ctxt, worker, timeout=60):
 def test_a_controller_attachment_is_checked_used_and_released(make_worker, controller,
                                                               volumes, sessions,
                                                               admin_cinder):
-    worker = make_worker()
+    # cross_az_attach off: a cast naming another AZ fails at check_attach
+    worker = make_worker(cinder__cross_az_attach='false')
     ctl = controller(worker)
     vid, other_vid = volumes.make(2)
     demo = cinder_for(sessions['demo'])
@@ -32,45 +33,43 @@ def test_a_controller_attachment_is_checked_used_and_released(make_worker, contr
     ctxt = caller_context(sessions['demo'])
     ctl.api.attach_volume(ctxt, worker.host, {'uuid': instance,
                                               'project_id': ctxt.project_id}, vid,
-                          '/dev/vdb', attachment_id=reservation.id)
+                          '/dev/vdb', attachment_id=reservation['id'])
     assert outcome(ctl, ctxt, worker) == 'error'
     assert 'not for this cast' in ctl.fault(ctxt.request_id)['message']
     assert admin_cinder.volumes.get(vid).status == 'available'
     assert admin_cinder.volumes.get(other_vid).status == 'reserved'
-    assert admin_cinder.attachments.show(reservation.id).status == 'reserved'
+    assert admin_cinder.attachments.show(reservation['id']).status == 'reserved'
 
     # the right one is used: the volume ends in-use with that very attachment
     mine = demo.attachments.create(vid, None, instance)
     ctxt = caller_context(sessions['demo'])
     ctl.api.attach_volume(ctxt, worker.host, {'uuid': instance,
                                               'project_id': ctxt.project_id}, vid,
-                          '/dev/vdb', attachment_id=mine.id)
+                          '/dev/vdb', attachment_id=mine['id'])
     assert outcome(ctl, ctxt, worker) == 'end'
     volume = admin_cinder.volumes.get(vid)
     assert volume.status == 'in-use'
-    assert [a['attachment_id'] for a in volume.attachments] == [mine.id]
+    assert [a['attachment_id'] for a in volume.attachments] == [mine['id']]
 
     # a duplicate carrying the same attachment changes nothing
     ctxt = caller_context(sessions['demo'])
     ctl.api.attach_volume(ctxt, worker.host, {'uuid': instance,
                                               'project_id': ctxt.project_id}, vid,
-                          '/dev/vdb', attachment_id=mine.id)
+                          '/dev/vdb', attachment_id=mine['id'])
     assert outcome(ctl, ctxt, worker) == 'end'
     assert [a['attachment_id'] for a in admin_cinder.volumes.get(vid).attachments] == [
-        mine.id]
+        mine['id']]
 
     # a reservation whose attach fails early (in another AZ, cross_az_attach off) is
     # released: the volume does not stay reserved
-    worker2 = make_worker(cinder__cross_az_attach='false')
-    ctl2 = controller(worker2)
     (third,) = volumes.make()
     reserved = demo.attachments.create(third, None, instance)
     ctxt = caller_context(sessions['demo'])
-    ctl2.api.attach_volume(ctxt, worker2.host, {'uuid': instance, 'availability_zone':
-                                                'elsewhere', 'project_id': ctxt.project_id},
-                           third, '/dev/vdc', attachment_id=reserved.id)
-    assert outcome(ctl2, ctxt, worker2) == 'error'
-    assert ctl2.fault(ctxt.request_id)['step'] == 'check_attach'
+    ctl.api.attach_volume(ctxt, worker.host, {'uuid': instance, 'availability_zone':
+                                              'elsewhere', 'project_id': ctxt.project_id},
+                          third, '/dev/vdc', attachment_id=reserved['id'])
+    assert outcome(ctl, ctxt, worker) == 'error'
+    assert ctl.fault(ctxt.request_id)['step'] == 'check_attach'
     assert admin_cinder.volumes.get(third).status == 'available'
 
 

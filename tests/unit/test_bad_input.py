@@ -6,6 +6,7 @@ malformed cast, and the manager keeps serving (nothing raises out of it).
 import pytest
 import requests
 
+from attachworker import virt
 from tests.unit.conftest import CINDER
 
 GOOD = '8f0e3c4a-5b6d-4e7f-8a9b-0c1d2e3f4a5b'
@@ -114,7 +115,9 @@ def test_duplicate_cast_makes_no_second_attachment(make_manager, cinder_mock, ct
 
 
 def test_duplicate_with_a_second_reservation_releases_it(make_manager, cinder_mock, ctxt,
-                                                         notifications):
+                                                         notifications, conf):
+    virt.load_driver(conf).attach_volume(None, {'driver_volume_type': 'iscsi', 'data': {}},
+                                         {'uuid': GOOD}, '/dev/vdb', cinder_mock.volume_id)
     cinder_mock.reserve_for(GOOD)
     cinder_mock.volume.update(status='in-use', attachments=[
         {'server_id': GOOD, 'attachment_id': 'first-attachment', 'device': '/dev/vdb'}])
@@ -124,6 +127,16 @@ def test_duplicate_with_a_second_reservation_releases_it(make_manager, cinder_mo
     assert cinder_mock.calls() == ['GET /attachments/ATT', 'GET /volumes/VOL',
                                    'GET /attachments/ATT', 'DELETE /attachments/ATT']
     assert notifications()[-1][0] == 'instance.volume_attach.end'
+
+
+def test_attached_in_cinder_but_not_on_this_host_is_no_duplicate(make_manager, cinder_mock,
+                                                                 ctxt, notifications):
+    cinder_mock.volume.update(status='in-use', attachments=[
+        {'server_id': GOOD, 'attachment_id': 'elsewhere', 'device': '/dev/vdb'}])
+    make_manager().attach_volume(ctxt, {'uuid': GOOD}, cinder_mock.volume_id, '/dev/vdb')
+    fault = notifications()[-1][2]['fault']
+    assert 'this host does not have it' in fault['message']
+    assert cinder_mock.calls() == ['GET /volumes/VOL']
 
 
 def test_cinder_not_answering(make_manager, cinder_mock, ctxt, notifications):

@@ -79,6 +79,22 @@ def test_a_failure_before_the_host_let_go_rolls_back(conf, make_manager, attache
     assert notifications()[-1][2]['fault']['step'] == 'driver_detach'
 
 
+def test_a_driver_failure_that_left_the_disk_in_the_guest_rolls_back(
+        conf, make_manager, attached, ctxt, notifications):
+    """An unexpected driver error is ambiguous, unless the host still has the volume:
+    then nothing changed, and the detach is rolled back, not finished later."""
+    conf.set_override('attach_flow', 'legacy', group='cinder')
+    driver = virt.load_driver(conf)
+
+    def guest_holds_on(*args):
+        raise exception.VirtDriverError(reason='the guest did not release the disk')
+    driver.detach_volume = guest_holds_on
+    make_manager(virt_driver=driver).detach_volume(ctxt, INSTANCE, attached.volume_id)
+    assert attached.calls() == LEGACY_OK[:2] + ['POST /volumes/VOL/action:os-roll_detaching']
+    fault = notifications()[-1][2]['fault']
+    assert (fault['step'], fault['exception']) == ('driver_detach', 'HostKeptTheVolume')
+
+
 def test_detach_follows_the_record_not_todays_flow(conf, make_manager, cinder_mock, ctxt,
                                                    notifications):
     """Finding 6: attached by the legacy flow, detached after attach_flow changed."""

@@ -110,6 +110,29 @@ def test_unencodable_text_is_refused_before_any_cinder_call(args, make_manager, 
     assert '\ud800' not in str(data) and '\udcff' not in str(data)
 
 
+@pytest.mark.parametrize('message', [
+    {'method': 'attach_volume', 'args': ['not', 'a', 'dict']},
+    {'method': 'attach_volume', 'args': {'ctxt': 1, 'volume_id': GOOD}},
+    {'method': 'attach_volume', 'args': {}, 'version': 1.1},
+    {'method': 'attach_volume', 'args': {}, 'version': 'abc'},
+    {'method': 'attach_volume', 'args': {}, 'namespace': ['x']}],
+    ids=['args-list', 'args-ctxt', 'version-float', 'version-text', 'namespace-list'])
+def test_a_malformed_message_gets_its_error(message, global_conf, make_manager, ctxt,
+                                            notifications):
+    """Finding: oslo.messaging's dispatcher raised on these and no outcome was sent."""
+    manager = make_manager()
+    dispatcher = rpc.Dispatcher([manager], rpc.RequestContextSerializer(), manager.reject)
+
+    class Incoming:
+        def __init__(self):
+            self.ctxt = ctxt.to_dict()
+            self.message = message
+    dispatcher.dispatch(Incoming())
+    [(event, _, data, _)] = notifications()
+    assert event == 'instance.volume_attach.error'
+    assert data['fault']['step'] == 'rpc' and data['request_id'] == ctxt.request_id
+
+
 # --- finding 10: trust ------------------------------------------------------------------
 
 def test_only_the_rpc_methods_are_callable(server, cinder_mock, ctxt, notifications, caplog):
@@ -291,3 +314,24 @@ def test_a_failing_finish_is_retried_and_never_leaves_the_operation_running(
     journal = run_with(conf, make_manager, ctxt, cinder_mock, finish=2)
     assert terminal(notifications)[-1][0] == 'instance.volume_attach.end'
     assert journal.list(limit=1)[0]['state'] == 'completed'
+
+
+def test_an_outcome_the_journal_never_took_is_published_then_journalled_later(
+        conf, make_manager, cinder_mock, ctxt, notifications):
+    from attachworker.notifications import Notifier
+    from attachworker.outbox import Outbox
+    journal = FailingJournal(conf.state_path, finish=3)
+    notifier = Notifier(messaging.get_notification_transport(conf, url='fake://'), conf.host,
+                        driver='test')
+    manager = make_manager(outbox=Outbox(journal, notifier))
+    manager.attach_volume(ctxt, INSTANCE, cinder_mock.volume_id, '/dev/vdb')
+    # never withheld: published at once, though the journal refused it three times
+    assert terminal(notifications)[-1][0] == 'instance.volume_attach.end'
+    assert journal.list(limit=1)[0]['state'] == 'running'
+    manager.retry_unjournalled()  # the next housekeeping round
+    [op] = journal.list(limit=1)
+    assert op['state'] == 'completed'
+    assert list(journal.unsent()) == []  # recorded as sent: not published twice
+    from attachworker.journal_outbox import outcome_event_id
+    assert [r['event_id'] for r in journal._read(
+        "SELECT event_id FROM outbox WHERE phase='end'")] == [outcome_event_id(op['op_id'])]

@@ -287,3 +287,63 @@ def test_keystone_failing_leaves_the_operation_for_the_next_round(conf, cloud,
     keystone_token(cloud.m, 'cinder-admin-token', SERVICE_PROJECT)
     assert recover(conf) == {'undone': 1}
     assert cloud.att.get('deleted')
+
+
+class UndoCrashingJournal(CrashingJournal):
+    """Dies right after the pipeline journalled that an undo ran."""
+
+    def set_undo_state(self, op_id, entry, state):
+        super().set_undo_state(op_id, entry, state)
+        if (entry['name'], state) == self.crash_at:
+            raise Killed('undo %s' % entry['name'])
+
+
+def test_finish_mode_never_completes_what_an_undo_already_took_from_the_host(
+        conf, cloud, notifications):
+    """Review: the pipeline's undo had let the host go when the process died; finish
+    mode must go on undoing, not complete an attach the guest no longer has."""
+    conf.set_override('recovery_action', 'finish', group='worker')
+    cloud.fail('POST', '/attachments/%s/action' % cloud.attachment_id, 500)
+    dead = UndoCrashingJournal(conf.state_path, ('driver_detach', 'done'))
+    manager = ComputeManager(conf, CinderAPI(conf), virt.load_driver(conf),
+                             Outbox(dead, notifier(conf)),
+                             lambda: aw_connector.get_connector_properties(conf))
+    with pytest.raises(Killed):
+        manager.attach_volume(caller(), INSTANCE, cloud.volume_id, '/dev/vdb')
+    dead.close()
+    assert virt.load_driver(conf).get_attachments(INSTANCE['uuid']) == []
+    cloud.m.post('%s/attachments/%s/action' % (cloud.base, cloud.attachment_id),
+                 json=cloud._completed)
+    assert recover(conf) == {'undone': 1}
+    assert cloud.att.get('deleted')
+    assert notifications()[-1][0] == 'instance.volume_attach.error'
+
+
+def test_undo_runs_under_the_instance_lock(conf, cloud, notifications):
+    """Review: nothing of the same instance may run between a failure and its undo."""
+    import threading
+
+    from attachworker import locks
+    conf.set_override('attach_flow', 'attachments', group='cinder')
+    cloud.fail('POST', '/attachments/%s/action' % cloud.attachment_id, 500)
+    driver = virt.load_driver(conf)
+    real_detach = driver.detach_volume
+    got_lock = threading.Event()
+    during_undo = []
+
+    def detach_while_another_waits(*args):
+        def other():
+            with locks.instance_lock(conf.state_path, INSTANCE['uuid']):
+                got_lock.set()
+        threading.Thread(target=other, daemon=True).start()
+        during_undo.append(got_lock.wait(0.5))
+        return real_detach(*args)
+    driver.detach_volume = detach_while_another_waits
+    journal = Journal(conf.state_path)
+    ComputeManager(conf, CinderAPI(conf), driver, Outbox(journal, notifier(conf)),
+                   lambda: aw_connector.get_connector_properties(conf)).attach_volume(
+        caller(), INSTANCE, cloud.volume_id, '/dev/vdb')
+    assert during_undo == [False], 'another operation ran during the undo'
+    assert got_lock.wait(5)  # it got the lock once the operation had ended
+    assert notifications()[-1][0] == 'instance.volume_attach.error'
+    journal.close()
