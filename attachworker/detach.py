@@ -7,7 +7,7 @@ terminated) even after the configuration changed. Only an attachment with no
 record (made before records existed) falls back to today's flow.
 
 Once the host may have let go, going back is not possible: the ``driver_detach``
-step arms a *finish* entry (attachworker.undo) that completes the detach in
+step arms a *finish* entry (attachworker.worker.undo) that completes the detach in
 Cinder, whoever runs the stack after a failure or a crash.
 """
 from typing import Any

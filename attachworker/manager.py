@@ -1,7 +1,7 @@
 """The compute manager: the RPC endpoint and the attach pipeline.
 
 ``attach_volume`` is the whole attach, top to bottom, each undo named beside its
-step (attachworker.undo says what each does):
+step (attachworker.worker.undo says what each does):
 
 1. validate the cast and its context (nothing is called before every argument is
    checked); journal it, then let the broker forget it;
@@ -29,15 +29,15 @@ from oslo_log import log as logging
 import oslo_messaging as messaging
 
 from attachworker import checks
-from attachworker import delivery as aw_delivery
 from attachworker import exception
-from attachworker import locks
-from attachworker import outbox
 from attachworker import validation
 from attachworker.detach import detach_pipeline
-from attachworker.operation import Operation
-from attachworker.outcomes import Outcomes
-from attachworker.undo import Compensator
+from attachworker.worker import delivery as aw_delivery
+from attachworker.worker import locks
+from attachworker.worker import outbox
+from attachworker.worker.operation import Operation
+from attachworker.worker.outcomes import Outcomes
+from attachworker.worker.undo import Compensator
 
 LOG = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ class ComputeManager:
 
         Armed with the cast's own record, before any step: a kill at any point
         releases it. The undo itself checks the attachment is this cast's
-        (attachworker.undo), so a mismatched or live attachment is never touched.
+        (attachworker.worker.undo), so a mismatched or live attachment is never touched.
         """
         attachment_id = getattr(req, 'attachment_id', None)
         if op.action != ATTACH or attachment_id is None:

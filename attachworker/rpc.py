@@ -3,7 +3,7 @@
 Delivery semantics, decided here and nowhere else:
 
 * RPC casts to the compute worker are acknowledged once the journal has them
-  (attachworker.delivery): a cast is delivered at least once, and a delivery the
+  (attachworker.worker.delivery): a cast is delivered at least once, and a delivery the
   journal already knows is dropped, so each cast runs once.
 * RPC calls are acknowledged on arrival, as oslo.messaging does: at most once.
 * Notifications are acknowledged by listeners *after* the handler returns, so they
@@ -19,9 +19,9 @@ from oslo_messaging.rpc import dispatcher as rpc_dispatcher
 from oslo_messaging.rpc import server as rpc_server
 
 from attachworker import context as aw_context
-from attachworker import delivery
 from attachworker import exception
 from attachworker import validation
+from attachworker.worker import delivery
 
 LOG = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ def get_rpc_server(transport: messaging.Transport, host: str, endpoint: Any,
     """An RPC server on topic ``compute``, server ``host``, threading executor.
 
     ``known_cast(unique_id)`` says whether the journal has a cast: with it, casts
-    are acknowledged once journalled (attachworker.delivery).
+    are acknowledged once journalled (attachworker.worker.delivery).
     """
     target = messaging.Target(topic=TOPIC, server=host)
     dispatcher = Dispatcher([endpoint], RequestContextSerializer(), on_reject)

@@ -8,14 +8,14 @@ from oslo_log import log as logging
 from attachworker import config
 from attachworker import connector
 from attachworker import rpc
-from attachworker import service
 from attachworker import virt
 from attachworker.cinder import CinderAPI
-from attachworker.journal import Journal
 from attachworker.manager import ComputeManager
 from attachworker.notifications import Notifier
-from attachworker.outbox import Outbox
-from attachworker.recovery import Recovery
+from attachworker.worker import service
+from attachworker.worker.journal import Journal
+from attachworker.worker.outbox import Outbox
+from attachworker.worker.recovery import Recovery
 
 LOG = logging.getLogger(__name__)
 

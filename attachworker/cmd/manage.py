@@ -26,10 +26,10 @@ from attachworker import exception
 from attachworker import rpc
 from attachworker import virt
 from attachworker.cinder import CinderAPI
-from attachworker.journal import Journal
 from attachworker.notifications import Notifier
-from attachworker.outbox import Outbox
-from attachworker.recovery import Recovery
+from attachworker.worker.journal import Journal
+from attachworker.worker.outbox import Outbox
+from attachworker.worker.recovery import Recovery
 
 LOG = logging.getLogger(__name__)
 

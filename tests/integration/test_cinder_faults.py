@@ -60,7 +60,7 @@ UNDOS = {
     'attachments': [('attachment_update', 'attachment_delete')],
     'legacy': [('initialize_connection', 'unreserve'), ('attach', 'terminate_connection')],
 }
-#: The Cinder call an undo makes -> the undo's name (attachworker.undo)
+#: The Cinder call an undo makes -> the undo's name (attachworker.worker.undo)
 UNDO_NAMES = {'attachment_delete': 'release_attachment'}
 FAULTS = {'500': {'status': 500}, '503': {'status': 503}, '504': {'status': 504},
           'hang': {'hang': HANG}}

@@ -14,10 +14,10 @@ from attachworker import context as aw_context
 from attachworker import rpc
 from attachworker import virt
 from attachworker.cinder import CinderAPI
-from attachworker.journal import Journal
 from attachworker.manager import ComputeManager
 from attachworker.notifications import Notifier
-from attachworker.outbox import Outbox
+from attachworker.worker.journal import Journal
+from attachworker.worker.outbox import Outbox
 
 CINDER = 'http://cinder.test:8776'
 PROJECT = '4c2a8f3e9b1d4e6f8a0b1c2d3e4f5a6b'

@@ -1,12 +1,12 @@
-"""attachworker.delivery: a cast is acknowledged once journalled, never dropped."""
+"""attachworker.worker.delivery: a cast is acknowledged once journalled, never dropped."""
 import collections
 
 from oslo_messaging._drivers import amqp as rpc_amqp
 from oslo_messaging._drivers import amqpdriver
 
 from attachworker import context as aw_context
-from attachworker import delivery
-from attachworker.journal import Journal
+from attachworker.worker import delivery
+from attachworker.worker.journal import Journal
 
 
 class Message(dict):
@@ -101,7 +101,7 @@ def test_a_rejected_cast_delivered_again_is_not_answered_twice(make_manager, ctx
 
 def test_known_cast_reads_the_journal(tmp_path):
     journal = Journal(str(tmp_path))
-    from attachworker.operation import Operation
+    from attachworker.worker.operation import Operation
     journal.begin(Operation('volume_attach', 'r', 'h'), aw_context.RequestContext().redacted(),
                   'u-5')
     assert journal.known_cast('u-5') and not journal.known_cast('u-6')

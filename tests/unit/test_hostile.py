@@ -14,7 +14,7 @@ from attachworker import context as aw_context
 from attachworker import exception
 from attachworker import rpc
 from attachworker import virt
-from attachworker.journal import Journal
+from attachworker.worker.journal import Journal
 from tests.unit.conftest import CinderMock
 
 GOOD = '8f0e3c4a-5b6d-4e7f-8a9b-0c1d2e3f4a5b'
@@ -270,7 +270,7 @@ class FailingJournal(Journal):
 
 def run_with(conf, make_manager, ctxt, cinder_mock, **failures):
     from attachworker.notifications import Notifier
-    from attachworker.outbox import Outbox
+    from attachworker.worker.outbox import Outbox
     journal = FailingJournal(conf.state_path, **failures)
     notifier = Notifier(messaging.get_notification_transport(conf, url='fake://'), conf.host,
                         driver='test')
@@ -298,7 +298,7 @@ def test_a_failing_mark_sent_never_causes_a_second_outcome(conf, make_manager, c
     # left unsent, the resend later is the same event (same message_id)
     ids = {r['event_id'] for r in journal.unsent()}
     assert len(ids) == 2
-    from attachworker.outbox import Outbox
+    from attachworker.worker.outbox import Outbox
     resent = []
 
     class Recorder:
@@ -319,7 +319,7 @@ def test_a_failing_finish_is_retried_and_never_leaves_the_operation_running(
 def test_an_outcome_the_journal_never_took_is_published_then_journalled_later(
         conf, make_manager, cinder_mock, ctxt, notifications):
     from attachworker.notifications import Notifier
-    from attachworker.outbox import Outbox
+    from attachworker.worker.outbox import Outbox
     journal = FailingJournal(conf.state_path, finish=3)
     notifier = Notifier(messaging.get_notification_transport(conf, url='fake://'), conf.host,
                         driver='test')
@@ -332,6 +332,6 @@ def test_an_outcome_the_journal_never_took_is_published_then_journalled_later(
     [op] = journal.list(limit=1)
     assert op['state'] == 'completed'
     assert list(journal.unsent()) == []  # recorded as sent: not published twice
-    from attachworker.journal_outbox import outcome_event_id
+    from attachworker.worker.journal_outbox import outcome_event_id
     assert [r['event_id'] for r in journal._read(
         "SELECT event_id FROM outbox WHERE phase='end'")] == [outcome_event_id(op['op_id'])]

@@ -8,10 +8,10 @@ import pytest
 
 from attachworker import context as aw_context
 from attachworker import exception
-from attachworker import locks
-from attachworker.journal import Journal
-from attachworker.operation import Operation
-from attachworker.outbox import Outbox
+from attachworker.worker import locks
+from attachworker.worker.journal import Journal
+from attachworker.worker.operation import Operation
+from attachworker.worker.outbox import Outbox
 
 
 class FlakyNotifier:
@@ -146,7 +146,7 @@ def test_an_owner_is_alive_exactly_while_it_holds_its_lock(tmp_path):
     # a process killed -9 lets go of its lock
     script = textwrap.dedent('''
         import os, signal, sys
-        from attachworker.journal import Journal
+        from attachworker.worker.journal import Journal
         j = Journal(sys.argv[1])
         print(j.owner, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
@@ -243,8 +243,8 @@ def test_unwritable_journal_still_publishes_directly(tmp_path):
 def test_crash_hook_kills_the_process_right_after_the_step(tmp_path):
     script = textwrap.dedent('''
         import sys
-        from attachworker.journal import Journal
-        from attachworker.operation import Operation
+        from attachworker.worker.journal import Journal
+        from attachworker.worker.operation import Operation
         j = Journal(sys.argv[1])
         op = Operation('volume_attach', 'req-k', 'h', observer=j)
         j.begin(op, {})

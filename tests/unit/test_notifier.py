@@ -3,9 +3,9 @@ import oslo_messaging as messaging
 
 from attachworker import context as aw_context
 from attachworker import rpc
-from attachworker.journal import Journal
 from attachworker.notifications import Notifier
-from attachworker.outbox import Outbox
+from attachworker.worker.journal import Journal
+from attachworker.worker.outbox import Outbox
 
 
 def test_a_publish_the_broker_never_took_is_reported_and_kept(conf, tmp_path, caplog):

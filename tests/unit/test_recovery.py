@@ -15,11 +15,11 @@ from attachworker import connector as aw_connector
 from attachworker import context as aw_context
 from attachworker import virt
 from attachworker.cinder import CinderAPI
-from attachworker.journal import Journal
 from attachworker.manager import ComputeManager
 from attachworker.notifications import Notifier
-from attachworker.outbox import Outbox
-from attachworker.recovery import Recovery
+from attachworker.worker.journal import Journal
+from attachworker.worker.outbox import Outbox
+from attachworker.worker.recovery import Recovery
 from tests.unit.conftest import CINDER
 from tests.unit.conftest import CinderMock
 from tests.unit.test_cinder_auth import KEYSTONE
@@ -323,7 +323,7 @@ def test_undo_runs_under_the_instance_lock(conf, cloud, notifications):
     """Review: nothing of the same instance may run between a failure and its undo."""
     import threading
 
-    from attachworker import locks
+    from attachworker.worker import locks
     conf.set_override('attach_flow', 'attachments', group='cinder')
     cloud.fail('POST', '/attachments/%s/action' % cloud.attachment_id, 500)
     driver = virt.load_driver(conf)

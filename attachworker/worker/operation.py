@@ -6,7 +6,7 @@ it between two steps, and a step observer (the journal) sees every step before
 and after it runs.
 
 The undo of a step is named when the step starts, as a name and its arguments
-(attachworker.undo runs it), and the observer journals it with the step's start:
+(attachworker.worker.undo runs it), and the observer journals it with the step's start:
 so the undo exists exactly when its step may have done something, in this
 process's memory and on disk alike. A step that fails with a definite refusal
 (an ``expected`` error: a 4xx, a volume in the wrong state) did nothing, and its
@@ -27,7 +27,7 @@ import uuid
 from oslo_log import log as logging
 
 from attachworker import exception
-from attachworker import undo as undo_rules
+from attachworker.worker import undo as undo_rules
 
 LOG = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ class Operation:
                 entry['state'] = 'committed'
 
     def undo(self, compensator: Any) -> tuple:
-        """Run the stack (attachworker.undo.run_stack); (failed names, finished)."""
+        """Run the stack (attachworker.worker.undo.run_stack); (failed names, finished)."""
         return undo_rules.run_stack(self.stack, compensator, self._ran)
 
     def _ran(self, entry: dict, error: Optional[BaseException]) -> None:

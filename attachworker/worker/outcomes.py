@@ -12,9 +12,9 @@ from typing import Optional
 from oslo_log import log as logging
 
 from attachworker import exception
-from attachworker import outbox as aw_outbox
-from attachworker.journal_outbox import outcome_event_id
-from attachworker.operation import Operation
+from attachworker.worker import outbox as aw_outbox
+from attachworker.worker.journal_outbox import outcome_event_id
+from attachworker.worker.operation import Operation
 
 LOG = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ the ack until then), each step before and after it runs, the undo of a step in
 the same write as the step's start, and each notification before it is published
 (the outbox). At start-up, periodically and on demand, every operation whose
 owner is gone is finished or undone by replaying its recorded stack
-(attachworker.recovery).
+(attachworker.worker.recovery).
 
 Storage: SQLite in WAL mode with ``synchronous = FULL`` under ``state_path``: every
 write is on disk before the step it records runs. It holds ids, states, the
@@ -31,11 +31,11 @@ from oslo_log import log as logging
 from oslo_utils import strutils
 
 from attachworker import exception
-from attachworker import locks
-from attachworker.journal_outbox import OutboxStore
-from attachworker.journal_schema import SCHEMA
-from attachworker.journal_schema import upgrade
-from attachworker.operation import StepObserver
+from attachworker.worker import locks
+from attachworker.worker.journal_outbox import OutboxStore
+from attachworker.worker.journal_schema import SCHEMA
+from attachworker.worker.journal_schema import upgrade
+from attachworker.worker.operation import StepObserver
 
 LOG = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 ``operations``: one row per cast (``unique_id`` is oslo.messaging's message id:
 a redelivered cast finds its row and is not run twice). ``steps``: the trail.
 ``undos``: each operation's stack, one row per entry, written with its step's
-start (attachworker.operation). ``outbox``: notifications, durable before they
+start (attachworker.worker.operation). ``outbox``: notifications, durable before they
 are published, each with the event id it is published under every time.
 """
 import sqlite3
@@ -37,7 +37,7 @@ CREATE TABLE IF NOT EXISTS undos (
     op_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
     step TEXT NOT NULL,             -- the step it belongs to
-    name TEXT NOT NULL,             -- attachworker.undo.Compensator.do_<name>
+    name TEXT NOT NULL,             -- attachworker.worker.undo.Compensator.do_<name>
     kind TEXT NOT NULL,             -- undo | finish
     args TEXT NOT NULL,             -- JSON keyword arguments, never a secret
     state TEXT NOT NULL,            -- armed | dropped | committed | superseded | done

@@ -7,7 +7,7 @@ undo failed earlier, each under the instance's lock, so it never races a
 pipeline of any process on this host.
 
 Recovery knows nothing of steps. It replays the operation's journalled stack
-(attachworker.undo.order), with the ``[cinder]`` service credentials plus the
+(attachworker.worker.undo.order), with the ``[cinder]`` service credentials plus the
 service token (the caller's token may have expired and was never stored):
 
 * an operation that committed (its last Cinder step is done) is *completed*;
@@ -30,9 +30,9 @@ from oslo_log import log as logging
 
 from attachworker import context as aw_context
 from attachworker import exception
-from attachworker import locks
-from attachworker import undo as undo_rules
-from attachworker.journal_outbox import outcome_event_id
+from attachworker.worker import locks
+from attachworker.worker import undo as undo_rules
+from attachworker.worker.journal_outbox import outcome_event_id
 
 LOG = logging.getLogger(__name__)
 

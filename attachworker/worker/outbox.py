@@ -6,7 +6,7 @@ publishes it later, in order. Every publication of a row carries the row's event
 id as its ``message_id``: a crash between publishing and marking it sent
 publishes it twice, and the audit store keeps it once. A row that fails for a
 reason of its own (its payload cannot be built or encoded) is parked after a few
-tries (attachworker.journal_outbox) and the rows after it still go out. If the
+tries (attachworker.worker.journal_outbox) and the rows after it still go out. If the
 journal itself cannot be written, the notification is published directly: an
 outcome is never withheld.
 """
