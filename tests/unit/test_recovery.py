@@ -347,3 +347,22 @@ def test_undo_runs_under_the_instance_lock(conf, cloud, notifications):
     assert got_lock.wait(5)  # it got the lock once the operation had ended
     assert notifications()[-1][0] == 'instance.volume_attach.error'
     journal.close()
+
+
+def test_an_unknown_reservation_never_takes_one_another_operation_holds(conf, cloud,
+                                                                        notifications):
+    """Review: the instance's reserved attachment that a journalled cast still waiting
+    for its turn names (a controller's reservation) is not ours to delete."""
+    cloud.listed = [{'id': 'queued-cast-reservation', 'instance': INSTANCE['uuid'],
+                     'status': 'reserved', 'volume_id': cloud.volume_id}]
+    crash(conf, ('attachment_create', 'started'), volume_id=cloud.volume_id)
+    waiting = Journal(conf.state_path, owner='5:5')  # alive: holds its owner lock
+    from attachworker.worker.operation import Operation
+    queued = Operation('volume_attach', 'req-queued', conf.host, observer=waiting)
+    queued.update(instance_uuid=INSTANCE['uuid'], volume_id=cloud.volume_id,
+                  attachment_id='queued-cast-reservation')
+    waiting.begin(queued, {})
+    mark = len(cloud.calls())
+    assert recover(conf) == {'undone': 1}
+    assert [c for c in cloud.calls()[mark:] if c.startswith('DELETE')] == []
+    waiting.close()
