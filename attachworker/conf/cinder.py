@@ -9,6 +9,8 @@ lookups), never as a fallback when Cinder rejects the caller's token.
 from keystoneauth1 import loading as ks_loading
 from oslo_config import cfg
 
+from attachworker.conf import session
+
 GROUP = 'cinder'
 
 #: keystoneauth1's session ``timeout`` has no default: a Cinder that accepts the
@@ -80,14 +82,8 @@ When false, an attach is refused before any Cinder change if the instance's
 
 def session_opts() -> list:
     """keystoneauth1's session options, with our ``timeout`` default."""
-    opts = ks_loading.get_session_conf_options()
-    cfg.set_defaults(opts, timeout=DEFAULT_TIMEOUT)
-    for opt in opts:
-        if opt.dest == 'timeout':
-            opt.help = TIMEOUT_HELP
-        elif opt.dest == 'insecure':  # keystoneauth1 says "Verify HTTPS connections."
-            opt.help = 'Do not verify the HTTPS certificates of Cinder and Keystone.'
-    return opts
+    return session.session_opts(DEFAULT_TIMEOUT, TIMEOUT_HELP,
+                                'Do not verify the HTTPS certificates of Cinder and Keystone.')
 
 
 def register_opts(conf: cfg.ConfigOpts) -> None:

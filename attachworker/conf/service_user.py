@@ -10,6 +10,8 @@ The section's keystoneauth1 session options (``cafile``, ``insecure``, ``timeout
 from keystoneauth1 import loading as ks_loading
 from oslo_config import cfg
 
+from attachworker.conf import session
+
 GROUP = 'service_user'
 
 #: keystoneauth1's session ``timeout`` has no default: a Keystone that accepts the
@@ -46,14 +48,9 @@ Related options:
 
 def session_opts() -> list:
     """keystoneauth1's session options, with our ``timeout`` default."""
-    opts = ks_loading.get_session_conf_options()
-    cfg.set_defaults(opts, timeout=DEFAULT_TIMEOUT)
-    for opt in opts:
-        if opt.dest == 'timeout':
-            opt.help = TIMEOUT_HELP
-        elif opt.dest == 'insecure':  # keystoneauth1 says "Verify HTTPS connections."
-            opt.help = "Do not verify the HTTPS certificate of the service user's Keystone."
-    return opts
+    return session.session_opts(
+        DEFAULT_TIMEOUT, TIMEOUT_HELP,
+        "Do not verify the HTTPS certificate of the service user's Keystone.")
 
 
 def register_opts(conf: cfg.ConfigOpts) -> None:

@@ -5,11 +5,9 @@ changes nothing it must not change.
 """
 import time
 
-from oslo_config import cfg
 import oslo_messaging as messaging
 import pytest
 
-from attachworker import conf as aw_conf
 from attachworker import context as aw_context
 from attachworker import exception
 from attachworker import rpc
@@ -26,28 +24,6 @@ def terminal(notifications):
 
 
 # --- finding 9: a context is input too; unencodable text -------------------------------
-
-@pytest.fixture
-def global_conf(conf):
-    g = cfg.CONF
-    aw_conf.register_opts(g)
-    rpc.set_defaults(g)
-    g([], project='attachworker-test')
-    yield g
-    g.reset()
-
-
-@pytest.fixture
-def server(global_conf, make_manager):
-    transport = messaging.get_rpc_transport(global_conf, url='fake:///')
-    manager = make_manager()
-    srv = rpc.get_rpc_server(transport, 'compute-unit', manager, manager.reject)
-    srv.start()
-    yield transport, manager
-    srv.stop()
-    srv.wait()
-    transport.cleanup()
-
 
 class RawSerializer(rpc.RequestContextSerializer):
     """Sends the context dict exactly as given: what a hostile bus client can do."""

@@ -34,28 +34,6 @@ SECRETS = (CHAP_SECRET, TOKEN, PASSWORD)
 
 
 @pytest.fixture
-def restore_logging():
-    """parse_args reconfigures the root logger: put it back afterwards."""
-    root = logging.getLogger()
-    handlers, level, hook = root.handlers[:], root.level, sys.excepthook
-    levels = {name: lg.level for name, lg in logging.Logger.manager.loggerDict.items()
-              if isinstance(lg, logging.Logger)}
-    yield
-    for handler in root.handlers[:]:
-        if handler not in handlers:
-            root.removeHandler(handler)
-            handler.close()
-    for handler in handlers:
-        if handler not in root.handlers:
-            root.addHandler(handler)
-    root.setLevel(level)
-    sys.excepthook = hook
-    for name, lg in logging.Logger.manager.loggerDict.items():
-        if isinstance(lg, logging.Logger):
-            lg.setLevel(levels.get(name, logging.NOTSET))
-
-
-@pytest.fixture
 def log_file(tmp_path, restore_logging):
     """parse_args with a log file; returns a function reading what was written."""
     path = tmp_path / 'attachworker.log'

@@ -5,38 +5,13 @@ The RPC client reads option groups registered only on the global cfg.CONF
 """
 import time
 
-from oslo_config import cfg
 import oslo_messaging as messaging
 import pytest
 
-from attachworker import conf as aw_conf
 from attachworker import rpc
 from attachworker import rpcapi
 
 GOOD = '8f0e3c4a-5b6d-4e7f-8a9b-0c1d2e3f4a5b'
-
-
-@pytest.fixture
-def global_conf(conf):
-    g = cfg.CONF
-    aw_conf.register_opts(g)
-    rpc.set_defaults(g)
-    g([], project='attachworker-test')
-    yield g
-    g.reset()
-    g.clear_override('compute', group='upgrade_levels')
-
-
-@pytest.fixture
-def server(global_conf, make_manager):
-    transport = messaging.get_rpc_transport(global_conf, url='fake:///')
-    manager = make_manager()
-    srv = rpc.get_rpc_server(transport, 'compute-unit', manager, manager.reject)
-    srv.start()
-    yield transport, manager
-    srv.stop()
-    srv.wait()
-    transport.cleanup()
 
 
 def wait_for(notifications, count, timeout=10):

@@ -6,7 +6,6 @@ session sent it.
 """
 import logging
 import pathlib
-import sys
 
 from keystoneauth1 import loading as ks_loading
 from keystoneauth1 import session as ks_session
@@ -182,28 +181,6 @@ def test_no_warning_when_the_service_token_is_sent(conf, caplog):
     with caplog.at_level(logging.WARNING, logger='attachworker.config'):
         config.warn_about_config(conf)
     assert warnings_of(caplog) == []
-
-
-@pytest.fixture
-def restore_logging():
-    """parse_args reconfigures the root logger: put it back afterwards."""
-    root = logging.getLogger()
-    handlers, level, hook = root.handlers[:], root.level, sys.excepthook
-    levels = {name: lg.level for name, lg in logging.Logger.manager.loggerDict.items()
-              if isinstance(lg, logging.Logger)}
-    yield
-    for handler in root.handlers[:]:
-        if handler not in handlers:
-            root.removeHandler(handler)
-            handler.close()
-    for handler in handlers:
-        if handler not in root.handlers:
-            root.addHandler(handler)
-    root.setLevel(level)
-    sys.excepthook = hook
-    for name, lg in logging.Logger.manager.loggerDict.items():
-        if isinstance(lg, logging.Logger):
-            lg.setLevel(levels.get(name, logging.NOTSET))
 
 
 @pytest.mark.parametrize('prog,warns', [('attachworker-compute', True),
