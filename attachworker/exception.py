@@ -216,3 +216,16 @@ class OperationNotFound(AttachWorkerException):
     msg_fmt = 'No operation with request id %(request_id)s in the audit store.'
     code = 404
     expected = True
+
+
+class VolumeAlreadyAttached(AttachWorkerException):
+    msg_fmt = ('Volume %(volume_id)s is already %(how)s instance %(instance_uuid)s '
+               '(device %(device)s)')
+    code = 409
+    expected = True
+
+
+class MultiattachNotSupported(AttachWorkerException):
+    msg_fmt = 'The virt driver of this host cannot attach a volume to several instances'
+    code = 409
+    expected = True

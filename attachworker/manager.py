@@ -20,6 +20,7 @@ after undoing what was done, naming the step that failed. Nothing raises out of
 an endpoint method: the worker goes on to the next cast.
 """
 import threading
+import time
 from typing import Any
 from typing import Callable
 from typing import Optional
@@ -41,7 +42,7 @@ from attachworker.worker.undo import Compensator
 
 LOG = logging.getLogger(__name__)
 
-RPC_API_VERSION = '1.1'
+RPC_API_VERSION = '1.2'
 ATTACH = 'volume_attach'
 DETACH = 'volume_detach'
 
@@ -50,8 +51,10 @@ class ComputeManager:
     """Serves topic ``compute`` for one host. Collaborators are injected."""
 
     target = messaging.Target(version=RPC_API_VERSION)
-    #: The only methods reachable over RPC, and the action each one notifies.
-    RPC_METHODS = {'attach_volume': ATTACH, 'detach_volume': DETACH}
+    #: The only methods reachable over RPC, and the action each one notifies (calls
+    #: notify nothing: their caller gets the answer, or the error).
+    RPC_METHODS = {'attach_volume': ATTACH, 'detach_volume': DETACH,
+                   'reserve_block_device_name': None}
 
     def __init__(self, conf: cfg.ConfigOpts, cinder_api: Any, virt_driver: Any,
                  outbox: Any, connector: Callable[[], dict]) -> None:
@@ -86,6 +89,64 @@ class ComputeManager:
                       instance, volume_id, attachment_id, unknown,
                       self._conf.worker.max_argument_length),
                   self._detach)
+
+    @messaging.expected_exceptions(exception.InvalidInput, exception.VolumeAlreadyAttached,
+                                   exception.DeviceInUse, exception.MultiattachNotSupported)
+    def reserve_block_device_name(self, ctxt: Any, instance: Any = None,
+                                  volume_id: Any = None, device: Any = None, tag: Any = None,
+                                  multiattach: Any = False, **unknown: Any) -> str:
+        """Call (1.2): reserve and return the device the next attach of the volume to
+        the instance will use, as Nova's conductor asks before it casts the attach.
+
+        Refused (the caller gets a RemoteError naming the exception) for a volume
+        already attached to or reserved for the instance, a taken ``device``, or
+        ``multiattach`` on a driver that cannot share volumes. The name is the virt
+        driver's, recorded under the instance's lock: two calls, through any process
+        of the host, never get the same one. Unused, it is released after
+        ``[worker] reservation_timeout``.
+        """
+        ctxt.update_store()
+        validation.check_context(ctxt)
+        req = validation.reserve_request(instance, volume_id, device, tag, multiattach,
+                                         unknown, self._conf.worker.max_argument_length)
+        if req.multiattach and not self._driver.capabilities.get('supports_multiattach'):
+            raise exception.MultiattachNotSupported()
+        with locks.instance_lock(self._conf.state_path, req.instance_uuid):
+            for held in self._driver.get_attachments(req.instance_uuid):
+                if held['volume_id'] == req.volume_id:
+                    raise exception.VolumeAlreadyAttached(
+                        volume_id=req.volume_id, how='attached to',
+                        instance_uuid=req.instance_uuid, device=held['mountpoint'])
+            for held in self._driver.reservations():
+                if (held['instance_uuid'], held['volume_id']) == (req.instance_uuid,
+                                                                  req.volume_id):
+                    raise exception.VolumeAlreadyAttached(
+                        volume_id=req.volume_id, how='reserved for',
+                        instance_uuid=req.instance_uuid, device=held['device'])
+            name = self._driver.reserve_device_name(req.instance_uuid, req.volume_id,
+                                                    req.device)
+        LOG.info('Reserved %(dev)s on instance %(inst)s for volume %(vol)s',
+                 {'dev': name, 'inst': req.instance_uuid, 'vol': req.volume_id})
+        return name
+
+    def expire_reservations(self) -> int:
+        """Not an RPC method: release device names no attach used in time."""
+        deadline = time.time() - self._conf.worker.reservation_timeout
+        released = 0
+        for held in self._driver.reservations():
+            if held['reserved_at'] >= deadline:
+                continue
+            with locks.instance_lock(self._conf.state_path, held['instance_uuid']):
+                if any(r == held for r in self._driver.reservations()):
+                    self._driver.release_device_name(held['instance_uuid'],
+                                                     held['volume_id'])
+                    released += 1
+                    LOG.info('Released %(dev)s of instance %(inst)s: no attach of volume '
+                             '%(vol)s used it within %(timeout)d s',
+                             {'dev': held['device'], 'inst': held['instance_uuid'],
+                              'vol': held['volume_id'],
+                              'timeout': self._conf.worker.reservation_timeout})
+        return released
 
     def _run(self, ctxt: Any, action: str, raw: dict, validate: Callable[[], Any],
              pipeline: Callable[[Any, Any, Operation], None]) -> None:
@@ -187,12 +248,12 @@ class ComputeManager:
         op.update(connector=connector)
         ids = {'volume_id': req.volume_id, 'instance_uuid': req.instance_uuid}
 
-        mountpoint = req.mountpoint
-        if mountpoint is None:
-            mountpoint = op.step('reserve_device', self._driver.reserve_device_name,
-                                 req.instance_uuid, req.volume_id,
-                                 undo=('release_device', ids))
-            op.update(mountpoint=mountpoint)
+        # the device: the one reserved by reserve_block_device_name, the cast's, or
+        # the next free one; released if the attach fails
+        mountpoint = op.step('reserve_device', self._driver.reserve_device_name,
+                             req.instance_uuid, req.volume_id, req.mountpoint,
+                             undo=('release_device', ids))
+        op.update(mountpoint=mountpoint)
 
         if flow == 'attachments':
             if not req.attachment_id:

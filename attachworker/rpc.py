@@ -125,6 +125,7 @@ class Dispatcher(rpc_dispatcher.RPCDispatcher):
     def _dispatch(self, incoming: Any) -> Any:
         message = incoming.message if isinstance(incoming.message, dict) else {}
         method = message.get('method')
+        is_call = _is_call(incoming)
         try:
             if not isinstance(method, str) or method not in self._allowed:
                 raise rpc_dispatcher.NoSuchMethod(str(method)[:64])
@@ -134,8 +135,16 @@ class Dispatcher(rpc_dispatcher.RPCDispatcher):
             return super().dispatch(incoming)
         except (rpc_dispatcher.NoSuchMethod, rpc_dispatcher.UnsupportedVersion,
                 exception.InvalidInput) as exc:
+            if is_call:  # the caller gets the error as a RemoteError
+                LOG.warning('Refused RPC call %s: %s: %s', str(method)[:64],
+                            type(exc).__name__, exc)
+                raise
             self._reject(incoming, exc)
+        except messaging.ExpectedException:
+            raise  # a call's refusal: oslo.messaging replies with it
         except Exception:  # noqa: BLE001 - nothing may kill the server loop
+            if is_call:
+                raise
             LOG.exception('RPC method %s raised; its outcome was already published',
                           str(method)[:64])
         return None
@@ -152,6 +161,14 @@ class Dispatcher(rpc_dispatcher.RPCDispatcher):
             self._on_reject(ctxt, method, exc)
         except Exception:  # noqa: BLE001 - nothing may kill the server loop
             LOG.exception('Could not reject an RPC message')
+
+
+def _is_call(incoming: Any) -> bool:
+    """Does the sender wait for an answer? (oslo.messaging gives every incoming
+    message a msg_id; the drivers keep what the sender sent.)"""
+    if hasattr(incoming, 'orig_msg_id'):  # rabbit
+        return bool(incoming.orig_msg_id)
+    return bool(getattr(incoming, '_reply_q', None))  # fake://
 
 
 class ComputeRPCServer(rpc_server.RPCServer):

@@ -4,6 +4,7 @@ API version history:
 
 * 1.0 - Initial version: ``attach_volume`` (cast).
 * 1.1 - Adds ``detach_volume`` (cast).
+* 1.2 - Adds ``reserve_block_device_name`` (call).
 
 Bump the minor version for every additive change, keep this history, and make the
 new argument conditional on ``can_send_version`` so that ``[upgrade_levels]
@@ -17,7 +18,9 @@ import oslo_messaging as messaging
 
 from attachworker import rpc
 
-RPC_API_VERSION = '1.1'
+RPC_API_VERSION = '1.2'
+#: Seconds a call waits for the worker's answer before MessagingTimeout.
+CALL_TIMEOUT = 60
 
 
 class ComputeAPI:
@@ -57,3 +60,21 @@ class ComputeAPI:
         cctxt = self.client.prepare(server=host, version=version)
         cctxt.cast(ctxt, 'detach_volume', instance=instance, volume_id=volume_id,
                    attachment_id=attachment_id)
+
+    def reserve_block_device_name(self, ctxt: Any, host: str, instance: dict,
+                                  volume_id: str, device: Optional[str] = None,
+                                  tag: Optional[str] = None, multiattach: bool = False,
+                                  timeout: float = CALL_TIMEOUT) -> str:
+        """Call (needs 1.2): the device name the next attach of the volume to the
+        instance will use. A refusal raises oslo.messaging's RemoteError, whose
+        ``exc_type`` names it (``VolumeAlreadyAttached``, ``DeviceInUse``,
+        ``MultiattachNotSupported``, ``InvalidInput``), or the exception itself when
+        ``attachworker.exception`` is in the transport's ``allowed_remote_exmods``."""
+        version = '1.2'
+        if not self.client.can_send_version(version):
+            raise messaging.RPCVersionCapError(version=version,
+                                               version_cap=self.client.version_cap)
+        cctxt = self.client.prepare(server=host, version=version, timeout=timeout)
+        return cctxt.call(ctxt, 'reserve_block_device_name', instance=instance,
+                          volume_id=volume_id, device=device, tag=tag,
+                          multiattach=multiattach)

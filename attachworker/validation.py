@@ -220,3 +220,35 @@ def detach_request(instance: Any, volume_id: Any, attachment_id: Any, unknown: d
         attachment_id = _uuid('attachment_id', attachment_id, max_length)
     return DetachRequest(instance=checked_instance, volume_id=checked_volume,
                          attachment_id=attachment_id)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReserveRequest(_Request):
+    """A validated ``reserve_block_device_name`` call."""
+
+    instance: dict
+    volume_id: str
+    device: Optional[str]
+    tag: Optional[str]
+    multiattach: bool
+    attachment_id: Optional[str] = None
+
+
+def reserve_request(instance: Any, volume_id: Any, device: Any, tag: Any, multiattach: Any,
+                    unknown: dict, max_length: int) -> ReserveRequest:
+    """Check every argument of a ``reserve_block_device_name`` call; InvalidInput."""
+    _no_unknown(unknown)
+    checked_instance = _instance(instance, max_length)
+    checked_volume = _uuid('volume_id', volume_id, max_length)
+    if device is not None:
+        _string('device', device, max_length)
+        if not MOUNTPOINT_RE.fullmatch(device):
+            raise exception.InvalidInput(
+                reason='device must look like /dev/vdb, got %s' % _quote(device))
+    if tag is not None:
+        _string('tag', tag, max_length)
+    if not isinstance(multiattach, bool):
+        raise exception.InvalidInput(
+            reason='multiattach must be true or false, got %s' % _quote(multiattach))
+    return ReserveRequest(instance=checked_instance, volume_id=checked_volume, device=device,
+                          tag=tag, multiattach=multiattach)

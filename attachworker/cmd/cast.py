@@ -94,8 +94,15 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     def cast() -> None:
         if args.action == 'attach':
+            mountpoint = args.mountpoint
+            if mountpoint is None and api.client.can_send_version('1.2'):
+                # as Nova's conductor: ask the host for the device first (a call)
+                mountpoint = api.reserve_block_device_name(
+                    ctxt, args.host, instance, args.volume,
+                    timeout=args.wait or rpcapi.CALL_TIMEOUT)
+                print('reserved %s on host %s' % (mountpoint, args.host), file=sys.stderr)
             api.attach_volume(ctxt, args.host, instance, args.volume,
-                              mountpoint=args.mountpoint, mode=args.mode,
+                              mountpoint=mountpoint, mode=args.mode,
                               attachment_id=args.attachment_id)
         else:
             api.detach_volume(ctxt, args.host, instance, args.volume,
@@ -111,6 +118,14 @@ def main(argv: Optional[List[str]] = None) -> int:
             cast()
             note = watcher.wait(ctxt.request_id, args.wait, on_event=lambda n: print(
                 'received %s' % n.get('event_type'), file=sys.stderr))
+    except messaging.RemoteError as exc:
+        print('attachworker-cast: host %s refused the device reservation: %s: %s'
+              % (args.host, exc.exc_type, exc.value), file=sys.stderr)
+        return EXIT_ERROR
+    except messaging.MessagingTimeout:
+        print('attachworker-cast: host %s did not answer the device reservation'
+              % args.host, file=sys.stderr)
+        return EXIT_TIMEOUT
     except (messaging.MessageDeliveryFailure, OSError, kombu_exc.OperationalError) as exc:
         print('attachworker-cast: cannot reach the message broker (%s): %s'
               % (outcome.broker_url(conf).split('@')[-1], exc), file=sys.stderr)

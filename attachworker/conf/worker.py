@@ -35,6 +35,14 @@ Related options:
                default=7,
                min=1,
                help='Days a finished operation stays in the journal before it is pruned.'),
+    cfg.IntOpt('reservation_timeout',
+               default=600,
+               min=1,
+               help="""
+Seconds a device name returned by ``reserve_block_device_name`` stays reserved
+when no attach uses it (the controller died, or gave up). Expired reservations
+are released at the next housekeeping round (every few seconds).
+"""),
     cfg.IntOpt('max_argument_length',
                default=255,
                min=16,

@@ -89,3 +89,11 @@ class VirtDriver(abc.ABC):
     @abc.abstractmethod
     def release_device_name(self, instance_uuid: str, volume_id: str) -> None:
         """Drop the volume's reservation (after a failed attach); no-op if none."""
+
+    @abc.abstractmethod
+    def reservations(self) -> list[dict]:
+        """Every device reservation no attach has used yet, for expiry::
+
+            [{'instance_uuid': '8f0e...', 'volume_id': 'b120...', 'device': '/dev/vdc',
+              'reserved_at': 1764580927.5}]
+        """

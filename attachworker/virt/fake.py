@@ -28,6 +28,7 @@ import os
 import re
 import tempfile
 import threading
+import time
 from typing import Any
 from typing import Iterator
 from typing import Optional
@@ -182,6 +183,7 @@ class FakeDriver(driver.VirtDriver):
             if holder not in (None, volume_id):
                 raise exception.DeviceInUse(mountpoint=mountpoint, instance_uuid=instance_uuid)
             inst['reservations'].pop(volume_id, None)
+            inst.get('reserved_at', {}).pop(volume_id, None)
             inst['attachments'][volume_id] = {
                 'volume_id': volume_id,
                 'mountpoint': mountpoint,
@@ -208,6 +210,7 @@ class FakeDriver(driver.VirtDriver):
         def change(state: dict) -> Optional[dict]:
             inst = self._instance(state, instance_uuid)
             inst['reservations'].pop(volume_id, None)
+            inst.get('reserved_at', {}).pop(volume_id, None)
             return inst['attachments'].pop(volume_id, None)
 
         with self._locked():
@@ -251,6 +254,7 @@ class FakeDriver(driver.VirtDriver):
                     index += 1
                 chosen = DEVICE_PREFIX + _letters(index)
             inst['reservations'][volume_id] = chosen
+            inst.setdefault('reserved_at', {})[volume_id] = time.time()
             return chosen
 
         with self._locked():
@@ -258,7 +262,16 @@ class FakeDriver(driver.VirtDriver):
 
     def release_device_name(self, instance_uuid: str, volume_id: str) -> None:
         def change(state: dict) -> None:
-            self._instance(state, instance_uuid)['reservations'].pop(volume_id, None)
+            inst = self._instance(state, instance_uuid)
+            inst['reservations'].pop(volume_id, None)
+            inst.get('reserved_at', {}).pop(volume_id, None)
 
         with self._locked():
             self._update(change)
+
+    def reservations(self) -> list[dict]:
+        with self._locked():
+            return [{'instance_uuid': uuid, 'volume_id': vol, 'device': device,
+                     'reserved_at': inst.get('reserved_at', {}).get(vol, 0.0)}
+                    for uuid, inst in self._state['instances'].items()
+                    for vol, device in inst['reservations'].items()]

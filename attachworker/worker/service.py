@@ -99,6 +99,7 @@ class WorkerService:
         """Recovery (when asked), queued notifications, journal pruning; never raises."""
         try:
             self._manager.retry_unjournalled()
+            self._manager.expire_reservations()
             if recover:
                 self._recovery.run(self._stop)
             self._outbox.flush()
