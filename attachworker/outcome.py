@@ -18,6 +18,7 @@ published before the watcher has reconnected is lost.
 """
 import json
 import socket
+import ssl
 import time
 from typing import Any
 from typing import Callable
@@ -36,19 +37,42 @@ QUEUE_EXPIRES = 600
 
 
 def broker_url(conf: cfg.ConfigOpts) -> str:
-    """The kombu URL of the first broker of ``[DEFAULT] transport_url``."""
+    """The kombu URL of every broker of ``[DEFAULT] transport_url``, as kombu's
+    failover list (``amqp://a;amqp://b``): the watcher connects to whichever answers,
+    as the rabbit driver does."""
     url = messaging.TransportURL.parse(conf, conf.transport_url)
     if not url.hosts:
         return 'amqp://guest:guest@127.0.0.1:5672//'
-    host = url.hosts[0]
-    auth = ''
-    if host.username:
-        auth = parse.quote(host.username, safe='')
-        if host.password:
-            auth += ':' + parse.quote(host.password, safe='')
-        auth += '@'
     vhost = parse.quote(url.virtual_host or '/', safe='')
-    return 'amqp://%s%s:%s/%s' % (auth, host.hostname, host.port or 5672, vhost)
+    default_port = 5671 if ssl_options(conf) else 5672
+    urls = []
+    for host in url.hosts:
+        auth = ''
+        if host.username:
+            auth = parse.quote(host.username, safe='')
+            if host.password:
+                auth += ':' + parse.quote(host.password, safe='')
+            auth += '@'
+        urls.append('amqp://%s%s:%s/%s' % (auth, host.hostname, host.port or default_port,
+                                           vhost))
+    return ';'.join(urls)
+
+
+def ssl_options(conf: cfg.ConfigOpts) -> Any:
+    """kombu's ``ssl`` argument from ``[oslo_messaging_rabbit] ssl`` and its files
+    (False when TLS is off), as the rabbit driver builds it."""
+    rabbit = conf.oslo_messaging_rabbit
+    if not rabbit.ssl:
+        return False
+    options: dict = {}
+    if rabbit.ssl_ca_file:
+        options['ca_certs'] = rabbit.ssl_ca_file
+        options['cert_reqs'] = ssl.CERT_REQUIRED
+    if rabbit.ssl_cert_file:
+        options['certfile'] = rabbit.ssl_cert_file
+    if rabbit.ssl_key_file:
+        options['keyfile'] = rabbit.ssl_key_file
+    return options or True
 
 
 def decode(body: Any) -> dict:
@@ -78,6 +102,7 @@ class OutcomeWatcher:
     def __init__(self, conf: cfg.ConfigOpts, topic: str = rpc.NOTIFICATION_TOPIC,
                  queue: Optional[str] = None) -> None:
         self._url = broker_url(conf)
+        self._ssl = ssl_options(conf)
         self._exchange = kombu.Exchange(
             conf.control_exchange, type='topic',
             durable=conf.oslo_messaging_rabbit.amqp_durable_queues,
@@ -117,7 +142,8 @@ class OutcomeWatcher:
             self._disconnect()
 
     def _connect(self) -> None:
-        self._connection = kombu.Connection(self._url, connect_timeout=5)
+        self._connection = kombu.Connection(self._url, connect_timeout=5, ssl=self._ssl,
+                                            failover_strategy='round-robin')
         #: What a lost or refused connection raises (kombu wraps some of it).
         self._lost = (kombu.exceptions.OperationalError,
                       *self._connection.connection_errors)

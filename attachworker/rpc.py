@@ -9,6 +9,7 @@ Delivery semantics, decided here and nowhere else:
 * Notifications are acknowledged by listeners *after* the handler returns, so they
   arrive at least once; consumers de-duplicate on ``message_id``.
 """
+import threading
 from typing import Any
 
 from oslo_config import cfg
@@ -196,3 +197,59 @@ def get_rpc_server(transport: messaging.Transport, host: str, endpoint: Any,
     dispatcher = Dispatcher([endpoint], RequestContextSerializer(), on_reject)
     return ComputeRPCServer(transport, target, dispatcher, executor='threading',
                             known_cast=known_cast)
+
+
+def brokers(conf: cfg.ConfigOpts) -> str:
+    """``host:port`` of every broker of ``[DEFAULT] transport_url``: never a password."""
+    try:
+        url = messaging.TransportURL.parse(conf, conf.transport_url)
+    except Exception:  # noqa: BLE001 - a URL oslo.messaging cannot parse fails elsewhere
+        return '(unparsable transport_url)'
+    if not url.hosts:
+        return '127.0.0.1:5672 (the default)'
+    return ', '.join('%s:%s' % (host.hostname, host.port or 5672) for host in url.hosts)
+
+
+#: Seconds between two "still cannot reach the broker" lines while starting.
+STARTING_REPORT_EVERY = 10
+
+
+def start_server(server: Any, stop: Any, conf: cfg.ConfigOpts, what: str) -> bool:
+    """Start an oslo.messaging server without ever becoming deaf to SIGTERM.
+
+    oslo.messaging connects in ``start()`` and retries a broker it cannot reach
+    forever, logging a "Connection failed" that never names the broker. Here
+    ``start()`` runs in a thread; this one names the broker and the back-off every
+    few seconds, and returns False at once when ``stop`` (set by the signal
+    handler) comes first: the caller then exits without waiting for the thread.
+    """
+    done = threading.Event()
+    failed: list = []
+
+    def run() -> None:
+        try:
+            server.start()
+        except Exception as exc:  # noqa: BLE001 - reported by the caller's thread
+            failed.append(exc)
+        done.set()
+    threading.Thread(target=run, name='%s-start' % what, daemon=True).start()
+    rabbit = conf.oslo_messaging_rabbit
+    waited = 0.0
+    LOG.info('%s: connecting to the message broker at %s', what, brokers(conf))
+    while not done.wait(0.2):
+        if stop.is_set():
+            LOG.info('%s: stopping before the message broker at %s could be reached',
+                     what, brokers(conf))
+            return False
+        waited += 0.2
+        if waited >= STARTING_REPORT_EVERY:
+            waited = 0.0
+            LOG.warning('%(what)s: still cannot reach the message broker at %(brokers)s; '
+                        'retrying every %(interval)s s, backing off by %(backoff)s s to '
+                        '%(max)s s', {'what': what, 'brokers': brokers(conf),
+                                      'interval': rabbit.rabbit_retry_interval,
+                                      'backoff': rabbit.rabbit_retry_backoff,
+                                      'max': rabbit.rabbit_interval_max})
+    if failed:
+        raise failed[0]
+    return True

@@ -9,6 +9,7 @@ arguments.
 """
 import dataclasses
 import logging as logging_std
+import os
 import signal
 import sys
 import threading
@@ -112,16 +113,20 @@ def serve(conf: cfg.ConfigOpts) -> int:
                      group='oslo_messaging_rabbit')
     transport = rpc.get_notification_transport(conf)
     server = listener.get_listener(transport, rpc.NOTIFICATION_TOPIC, endpoint,
-                                   conf.audit.pool, conf.audit.max_message_size,
+                                   conf.audit.pool or None, conf.audit.max_message_size,
                                    conf.audit.batch_size, conf.audit.batch_timeout)
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.set())
-    server.start()
+    if not rpc.start_server(server, stopping, conf, 'attachworker-audit'):
+        LOG.info('Audit consumer stopped: 0 stored, 0 duplicates, 0 rejected, 0 requeued')
+        for handler in logging_std.getLogger().handlers:
+            handler.flush()
+        os._exit(0)  # the thread still trying to connect would hold the exit
     LOG.info('Audit consumer listening: exchange %(exchange)s, topic %(topic)s, pool '
              '%(pool)s, store %(store)s',
              {'exchange': conf.control_exchange, 'topic': rpc.NOTIFICATION_TOPIC,
-              'pool': conf.audit.pool,
+              'pool': conf.audit.pool or "the notifier's own queues",
               'store': engine.url.render_as_string(hide_password=True)})
     while not stopping.wait(1):
         pass

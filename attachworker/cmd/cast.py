@@ -128,7 +128,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return EXIT_TIMEOUT
     except (messaging.MessageDeliveryFailure, OSError, kombu_exc.OperationalError) as exc:
         print('attachworker-cast: cannot reach the message broker (%s): %s'
-              % (outcome.broker_url(conf).split('@')[-1], exc), file=sys.stderr)
+              % (rpc.brokers(conf), exc), file=sys.stderr)
         return EXIT_USAGE
     finally:
         transport.cleanup()

@@ -21,25 +21,28 @@ Related options:
 * ``sqlite_busy_timeout``: how long an SQLite writer waits for the lock.
 """),
     cfg.StrOpt('pool',
-               default='attachworker-audit',
-               help="""
-Name of the notification pool (the RabbitMQ queue) audit consumers read
-from.
+               help=r"""
+Name of a notification pool (a RabbitMQ queue of its own) for audit
+consumers to read from. Unset (the default), they read the queues the
+worker's notifier itself declares and fills, ``versioned_notifications.info``
+and ``.error``: nothing is left there to grow unread.
 
-Every ``attachworker-audit serve`` with the same pool competes for the
-same messages, so adding consumers spreads the load and each
-notification is stored once. Consumers with different pools each receive
-every notification.
+Every ``attachworker-audit serve`` reading the same queues competes for the
+same messages, so adding consumers spreads the load and each notification
+is stored once.
 
 Possible values:
 
-* A queue name; keep the default unless two independent audit stores
-  must each receive every notification.
+* unset: the notifier's own queues (the default; one audit store).
+* A queue name: only when two independent audit stores must each receive
+  every notification. The notifier's queues then fill with what nobody
+  reads: cap them with a RabbitMQ policy, for example
+  ``rabbitmqctl set_policy aw-notifications '^versioned_notifications\.'
+  '{"max-length": 100000, "overflow": "drop-head"}' --apply-to queues``.
 
 Related options:
 
-* ``[DEFAULT] control_exchange``: the exchange the pool's queue is bound
-  to.
+* ``[DEFAULT] control_exchange``: the exchange the queues are bound to.
 """),
     cfg.IntOpt('batch_size',
                default=64,

@@ -20,6 +20,8 @@ from typing import Any
 
 from oslo_log import log as logging
 
+from attachworker import rpc
+
 LOG = logging.getLogger(__name__)
 
 #: Seconds granted after the abort for undos to run before exiting regardless.
@@ -39,6 +41,7 @@ class WorkerService:
         self._timeout = conf.worker.graceful_shutdown_timeout
         self._reconcile_interval = conf.worker.reconcile_interval
         self._retention = conf.worker.journal_retention_days * 86400
+        self._conf = conf
         self._stop = threading.Event()
         self._signals = 0
 
@@ -59,7 +62,8 @@ class WorkerService:
         if not self._start_up():
             LOG.info('attachworker-compute stopped during start-up recovery')
             return 0
-        self._server.start()
+        if not rpc.start_server(self._server, self._stop, self._conf, 'attachworker-compute'):
+            self.exit_now(0)  # the thread still trying to connect would hold the exit
         LOG.info('attachworker-compute ready')
         threading.Thread(target=self._periodic, name='reconcile', daemon=True).start()
         while not self._stop.wait(1.0):
@@ -132,6 +136,12 @@ class WorkerService:
     def _exit_now() -> None:
         LOG.error('Operations still hang %d s after the abort: exiting; the next start '
                   'recovers them from the journal', ABORT_GRACE)
+        WorkerService.exit_now(0)
+
+    @staticmethod
+    def exit_now(code: int) -> None:
+        """Exit at once, logs flushed, whatever threads still run."""
+        LOG.info('attachworker-compute stopped')
         for handler in logging_std.getLogger().handlers:
             handler.flush()
-        os._exit(0)
+        os._exit(code)

@@ -211,6 +211,7 @@ def test_attachworker_cast_cli_waits_and_prints_the_outcome(make_worker, volumes
     assert done.returncode == 0, done.stderr
     note = json.loads(done.stdout)
     assert note['event_type'] == 'instance.volume_attach.end'
+    assert 'reserved /dev/vdb on host' in done.stderr  # the call came first
     assert note['payload']['attachworker_object.data']['volume_id'] == vid
     missing = subprocess.run(cli + [str(uuid.uuid4()), '--wait', '60'], env=env,
                              capture_output=True, text=True, timeout=120)
@@ -220,6 +221,11 @@ def test_attachworker_cast_cli_waits_and_prints_the_outcome(make_worker, volumes
     cli[cli.index(worker.host)] = 'no-such-host-%s' % uuid.uuid4().hex[:6]
     nobody = subprocess.run(cli + [vid, '--wait', '3'], env=env, capture_output=True,
                             text=True, timeout=60)
+    # without --mountpoint it asks the host for the device first: nobody answers
+    assert nobody.returncode == 2 and 'did not answer the device reservation' in \
+        nobody.stderr
+    nobody = subprocess.run(cli + [vid, '--mountpoint', '/dev/vdc', '--wait', '3'],
+                            env=env, capture_output=True, text=True, timeout=60)
     assert nobody.returncode == 2 and 'no outcome' in nobody.stderr
     # a broker that does not answer: a clear error and exit status 3, not a hang
     dead = worker.config.with_name('dead-broker.conf')
@@ -229,7 +235,7 @@ def test_attachworker_cast_cli_waits_and_prints_the_outcome(make_worker, volumes
     refused = subprocess.run(cli + [vid, '--wait', '3'], env=env, capture_output=True,
                              text=True, timeout=120)
     assert refused.returncode == 3, refused.stderr[-2000:]
-    assert 'cannot reach the message broker (127.0.0.1:1/' in refused.stderr
+    assert 'cannot reach the message broker (127.0.0.1:1)' in refused.stderr
 
 
 @pytest.mark.parametrize('flow', ['attachments', 'legacy'])
