@@ -138,7 +138,7 @@ def test_cinder_api_down_then_back(make_worker, controller, volumes, sessions, a
     assert admin_cinder.volumes.get(vid).status == 'in-use'
 
 
-def test_failure_after_attachment_update_is_undone_with_the_service_token(
+def test_a_device_clash_is_refused_before_cinder_is_asked(
         make_worker, controller, volumes, sessions, admin_cinder):
     worker = make_worker(cinder__attach_flow='attachments',
                          service_user__send_service_user_token='true')
@@ -147,12 +147,12 @@ def test_failure_after_attachment_update_is_undone_with_the_service_token(
     instance = str(uuid.uuid4())
     ok = caller_context(sessions['demo'])
     assert attach(ctl, worker, ok, first, instance)[0] == 'end'
-    # the same device on the same instance: the virt driver refuses it, after Cinder
-    # already has the attachment with its connection_info
+    # the same device on the same instance: refused when the device is reserved,
+    # before Cinder is asked for anything
     clash = caller_context(sessions['demo'])
     assert attach(ctl, worker, clash, second, instance)[0] == 'error'
     fault = ctl.fault(clash.request_id)
-    assert (fault['step'], fault['exception']) == ('driver_attach', 'DeviceInUse')
+    assert (fault['step'], fault['exception']) == ('reserve_device', 'DeviceInUse')
     assert 'undo failed' not in fault['message']
     volume = admin_cinder.volumes.get(second)
     assert volume.status == 'available' and volume.attachments == []
