@@ -116,6 +116,20 @@ def _uuid(name: str, value: Any, max_length: int) -> str:
     return str(uuid.UUID(value))  # canonical form: Cinder and the journal compare it
 
 
+def _device(name: str, value: Any, max_length: int) -> None:
+    """A device name, when given: ``/dev/vdb``..."""
+    if value is not None:
+        _string(name, value, max_length)
+        if not MOUNTPOINT_RE.fullmatch(value):
+            raise exception.InvalidInput(
+                reason='%s must look like /dev/vdb, got %s' % (name, _quote(value)))
+
+
+def uuid_argument(name: str, value: Any, max_length: int) -> str:
+    """A UUID argument of a command (``attachworker-manage``): canonical, or InvalidInput."""
+    return _uuid(name, value, max_length)
+
+
 def _no_unknown(unknown: dict) -> None:
     if unknown:
         names = ', '.join(sorted(_quote(name) for name in unknown)[:5])
@@ -141,11 +155,7 @@ def attach_request(instance: Any, volume_id: Any, mountpoint: Any, mode: Any,
     _no_unknown(unknown)
     checked_instance = _instance(instance, max_length)
     checked_volume = _uuid('volume_id', volume_id, max_length)
-    if mountpoint is not None:
-        _string('mountpoint', mountpoint, max_length)
-        if not MOUNTPOINT_RE.fullmatch(mountpoint):
-            raise exception.InvalidInput(
-                reason='mountpoint must look like /dev/vdb, got %s' % _quote(mountpoint))
+    _device('mountpoint', mountpoint, max_length)
     if mode not in MODES:
         raise exception.InvalidInput(reason='mode must be rw or ro, got %s' % _quote(mode))
     if attachment_id is not None:
@@ -240,11 +250,7 @@ def reserve_request(instance: Any, volume_id: Any, device: Any, tag: Any, multia
     _no_unknown(unknown)
     checked_instance = _instance(instance, max_length)
     checked_volume = _uuid('volume_id', volume_id, max_length)
-    if device is not None:
-        _string('device', device, max_length)
-        if not MOUNTPOINT_RE.fullmatch(device):
-            raise exception.InvalidInput(
-                reason='device must look like /dev/vdb, got %s' % _quote(device))
+    _device('device', device, max_length)
     if tag is not None:
         _string('tag', tag, max_length)
     if not isinstance(multiattach, bool):

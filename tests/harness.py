@@ -89,6 +89,20 @@ class Worker:
     def stop(self, timeout: float = 60):
         return terminate(self.proc, timeout)
 
+    def second_process(self) -> subprocess.Popen:
+        """Another attachworker-compute on the same config (host, state_path), as in a
+        rolling-restart overlap; returns once both say they are ready."""
+        proc = subprocess.Popen([str(BIN / 'attachworker-compute'), '--config-file',
+                                 str(self.config)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while self.log.read_text().count('attachworker-compute ready') < 2:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError('the second process did not start:\n'
+                                     + self.logs()[-3000:])
+            time.sleep(0.1)
+        return proc
+
     def logs(self) -> str:
         return ''.join(p.read_text() for p in (self.log, self.out) if p.exists())
 

@@ -4,6 +4,8 @@
     attachworker-manage --config-file F journal list [--state running] [--limit 50]
     attachworker-manage --config-file F journal show OP_OR_REQUEST_ID
     attachworker-manage --config-file F reconcile
+    attachworker-manage --config-file F volume_attachment show INSTANCE VOLUME
+    attachworker-manage --config-file F volume_attachment get_connector
 
 Each sub-command is one entry in ``COMMANDS``: its help, a function adding its
 arguments (or nested sub-commands, e.g. ``journal list|show``) to its parser, and
@@ -26,6 +28,7 @@ from attachworker import exception
 from attachworker import rpc
 from attachworker import virt
 from attachworker.cinder import CinderAPI
+from attachworker.cmd import volume_attachment
 from attachworker.notifications import Notifier
 from attachworker.worker.journal import Journal
 from attachworker.worker.outbox import Outbox
@@ -139,6 +142,8 @@ COMMANDS: dict[str, Command] = {
                        journal_command),
     'reconcile': Command('Finish or undo operations a dead worker left unfinished.',
                          _no_arguments, reconcile_command),
+    'volume_attachment': Command('One attachment as this host and Cinder see it.',
+                                 volume_attachment.add_arguments, volume_attachment.run),
 }
 
 

@@ -95,12 +95,8 @@ def test_a_backlog_survives_three_kills(make_worker, controller, cinder):
 def test_two_processes_on_one_host_attach_each_volume_once(make_worker, controller, cinder):
     """A rolling-restart overlap: two processes, one host name, one state_path."""
     worker = make_worker(executor_thread_pool_size=8).start()
-    second = subprocess.Popen([str(BIN / 'attachworker-compute'), '--config-file',
-                               str(worker.config)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.STDOUT)
+    second = worker.second_process()
     try:
-        wait_until(lambda: worker.log.read_text().count('attachworker-compute ready') >= 2,
-                   30, 'the second process')
         ctl = controller(worker)
         cinder.fail('PUT', r'/attachments/', status=None, times=None, delay=0.05)
         instances = [str(uuid.uuid4()) for _ in range(10)]

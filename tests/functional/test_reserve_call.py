@@ -1,6 +1,5 @@
 """reserve_block_device_name over the real RabbitMQ: a call, answered by either of two
 processes serving one host, never the same name twice (issue 11, item 1)."""
-import subprocess
 import threading
 import uuid
 
@@ -8,18 +7,12 @@ import oslo_messaging as messaging
 import pytest
 
 from tests.functional.test_kill_backlog import caller
-from tests.functional.test_kill_backlog import wait_until
-from tests.harness import BIN
 
 
 def test_two_processes_never_hand_out_the_same_name(make_worker, controller, cinder):
     worker = make_worker().start()
-    second = subprocess.Popen([str(BIN / 'attachworker-compute'), '--config-file',
-                               str(worker.config)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.STDOUT)
+    second = worker.second_process()
     try:
-        wait_until(lambda: worker.log.read_text().count('attachworker-compute ready') >= 2,
-                   30, 'the second process')
         ctl = controller(worker)
         instance = {'uuid': str(uuid.uuid4())}
         volumes = [str(uuid.uuid4()) for _ in range(16)]
