@@ -1,36 +1,28 @@
 """A virt driver that records attachments instead of touching a hypervisor.
 
 It behaves like a real one where the pipeline can tell (a device holds one volume,
-re-attaching is harmless, names are handed out once) and keeps its records in one
-durable JSON file, ``<state_path>/fake-virt/attachments.json``, so detach, device
-naming and restarts work::
+re-attaching is harmless, names are handed out once) and keeps its records durable
+(attachworker.virt.fake_store: one small file per instance), so detach, device
+naming and restarts work. An instance's record::
 
-    {"version": 1,
-     "instances": {"8f0e3c4a-...": {
-         "attachments": {"b1204e0c-...": {"volume_id": "b1204e0c-...",
-                                          "mountpoint": "/dev/vdb",
-                                          "driver_volume_type": "iscsi",
-                                          "access_mode": "rw",
-                                          "attached_at": "2026-11-25T10:42:07+00:00"}},
-         "reservations": {"5d77a1e2-...": "/dev/vdc"}}}}
+    {"attachments": {"b1204e0c-...": {"volume_id": "b1204e0c-...",
+                                      "mountpoint": "/dev/vdb",
+                                      "driver_volume_type": "iscsi",
+                                      "access_mode": "rw", "mode": "rw",
+                                      "flow": "attachments", "attachment_id": "5d77...",
+                                      "attached_at": "2026-11-25T10:42:07+00:00"}},
+     "reservations": {"5d77a1e2-...": "/dev/vdc"},
+     "reserved_at": {"5d77a1e2-...": 1764580927.5}}
 
 Only those fields are stored: ``connection_info['data']`` carries CHAP secrets.
-Every call takes a thread lock and an flock on ``fake-virt/.lock`` and re-reads the
-file, so the worker's threads and another process (``attachworker-manage
-reconcile`` while the worker runs) never overwrite each other's records.
+Every call takes the store's lock and re-reads its instance's file, so the worker's
+threads and other processes never overwrite each other's records.
 """
-import contextlib
-import copy
 import datetime
-import fcntl
-import json
 import os
 import re
-import tempfile
-import threading
 import time
 from typing import Any
-from typing import Iterator
 from typing import Optional
 
 from oslo_config import cfg
@@ -39,6 +31,7 @@ from oslo_utils import strutils
 
 from attachworker import exception
 from attachworker.virt import driver
+from attachworker.virt import fake_store
 
 LOG = logging.getLogger(__name__)
 
@@ -81,75 +74,21 @@ class FakeDriver(driver.VirtDriver):
 
     def __init__(self, conf: cfg.ConfigOpts) -> None:
         super().__init__(conf)
-        self._dir = os.path.join(conf.state_path, 'fake-virt')
-        self._path = os.path.join(self._dir, 'attachments.json')
-        self._lock = threading.Lock()
-        os.makedirs(self._dir, mode=0o700, exist_ok=True)
-        self._state = self._load()
+        self._store = fake_store.Store(os.path.join(conf.state_path, 'fake-virt'))
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        """This process's threads and other processes, one at a time; fresh state."""
-        with self._lock, open(os.path.join(self._dir, '.lock'), 'a') as lock_file:
-            fcntl.flock(lock_file, fcntl.LOCK_EX)
-            self._state = self._load()
-            yield
+    def _locked(self):
+        return self._store.locked()
 
-    # --- the durable file ------------------------------------------------------------
-
-    def _load(self) -> dict:
-        try:
-            with open(self._path, encoding='utf-8') as f:
-                state = json.load(f)
-        except FileNotFoundError:
-            return {'version': 1, 'instances': {}}
-        except (OSError, ValueError) as exc:
-            # Starting empty would silently forget attachments that exist.
-            raise exception.VirtDriverError(
-                reason='cannot read %s: %s' % (self._path, exc)) from exc
-        if not isinstance(state, dict) or not isinstance(state.get('instances'), dict):
-            raise exception.VirtDriverError(reason='%s is not a state file' % self._path)
-        return state
-
-    def _save(self, state: dict) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self._dir, prefix='.attachments-', suffix='.tmp')
-        try:
-            with os.fdopen(fd, 'w', encoding='utf-8') as f:
-                json.dump(state, f, indent=2, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self._path)
-            # The rename is only durable once the directory entry is on disk.
-            dir_fd = os.open(self._dir, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-        except OSError as exc:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise exception.VirtDriverError(
-                reason='cannot write %s: %s' % (self._path, exc)) from exc
-
-    def _update(self, change) -> Any:
-        """Apply ``change(state)`` to a copy; persist it, then publish it.
-
-        Memory only changes once the file has, so a failed write leaves both as
-        they were. Called with the lock held.
-        """
-        new = copy.deepcopy(self._state)
-        result = change(new)
-        new['instances'] = {uuid: inst for uuid, inst in new['instances'].items()
-                            if inst['attachments'] or inst['reservations']}
-        if new != self._state:
-            self._save(new)
-            self._state = new
-        return result
+    def _update(self, instance_uuid: str, change) -> Any:
+        """Apply ``change(state)`` to the instance's record; persisted before it is
+        seen (the lock held). ``state`` is ``{'instances': {uuid: record}}``."""
+        def on_record(record: dict) -> Any:
+            return change({'instances': {instance_uuid: record}})
+        return self._store.update(instance_uuid, on_record)
 
     @staticmethod
     def _instance(state: dict, instance_uuid: str) -> dict:
-        return state['instances'].setdefault(
-            instance_uuid, {'attachments': {}, 'reservations': {}})
+        return state['instances'][instance_uuid]
 
     @staticmethod
     def _holder(inst: dict, device: str) -> Optional[str]:
@@ -198,7 +137,7 @@ class FakeDriver(driver.VirtDriver):
             return True
 
         with self._locked():
-            attached = self._update(change)
+            attached = self._update(instance_uuid, change)
         LOG.info('%(what)s volume %(vol)s to instance %(inst)s at %(mp)s',
                  {'what': 'Attached' if attached else 'Already attached',
                   'vol': volume_id, 'inst': instance_uuid, 'mp': mountpoint})
@@ -214,7 +153,7 @@ class FakeDriver(driver.VirtDriver):
             return inst['attachments'].pop(volume_id, None)
 
         with self._locked():
-            detached = self._update(change)
+            detached = self._update(instance_uuid, change)
         if detached is None:
             LOG.info('Volume %(vol)s is not attached to instance %(inst)s; nothing to detach',
                      {'vol': volume_id, 'inst': instance_uuid})
@@ -228,8 +167,7 @@ class FakeDriver(driver.VirtDriver):
 
     def get_attachments(self, instance_uuid: str) -> list[dict]:
         with self._locked():
-            inst = self._state['instances'].get(instance_uuid)
-            records = copy.deepcopy(list(inst['attachments'].values())) if inst else []
+            records = list(self._store.load(instance_uuid)['attachments'].values())
         # /dev/vdz before /dev/vdaa, as the disks were handed out.
         return sorted(records, key=lambda r: (len(r['mountpoint']), r['mountpoint']))
 
@@ -258,7 +196,7 @@ class FakeDriver(driver.VirtDriver):
             return chosen
 
         with self._locked():
-            return self._update(change)
+            return self._update(instance_uuid, change)
 
     def release_device_name(self, instance_uuid: str, volume_id: str) -> None:
         def change(state: dict) -> None:
@@ -267,11 +205,12 @@ class FakeDriver(driver.VirtDriver):
             inst.get('reserved_at', {}).pop(volume_id, None)
 
         with self._locked():
-            self._update(change)
+            self._update(instance_uuid, change)
 
     def reservations(self) -> list[dict]:
         with self._locked():
-            return [{'instance_uuid': uuid, 'volume_id': vol, 'device': device,
-                     'reserved_at': inst.get('reserved_at', {}).get(vol, 0.0)}
-                    for uuid, inst in self._state['instances'].items()
-                    for vol, device in inst['reservations'].items()]
+            index = self._store.reservations()
+        return [{'instance_uuid': uuid, 'volume_id': vol, 'device': device,
+                 'reserved_at': reserved_at}
+                for uuid, volumes in index.items()
+                for vol, (device, reserved_at) in volumes.items()]

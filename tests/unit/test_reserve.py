@@ -128,9 +128,8 @@ def test_an_attach_uses_the_reservation_and_an_unused_one_expires(
     driver = virt.load_driver(conf)
 
     def aged(state):
-        for inst in state['instances'].values():
-            inst.get('reserved_at', {}).update({VOL_B: 0.0})
+        state['instances'][INSTANCE['uuid']]['reserved_at'][VOL_B] = 0.0
     with driver._locked():
-        driver._update(aged)
+        driver._update(INSTANCE['uuid'], aged)
     assert manager.expire_reservations() == 1
     assert virt.load_driver(conf).reservations() == []

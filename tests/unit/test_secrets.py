@@ -36,11 +36,10 @@ def test_no_secret_in_logs_or_notifications(flow, failure, conf, make_manager, c
     for secret in (TOKEN, CHAP_SECRET):
         assert secret not in caplog.text
         assert secret not in wire
-    state = pathlib.Path(conf.state_path, 'fake-virt', 'attachments.json')
-    if state.exists():  # not written when the driver refused the volume
-        assert CHAP_SECRET not in state.read_text()
-    else:
-        assert failure == 'driver'
+    state_dir = pathlib.Path(conf.state_path, 'fake-virt')
+    assert bool(list(state_dir.glob('instances/*.json'))) == (failure is None)
+    for state in state_dir.rglob('*.json'):
+        assert CHAP_SECRET not in state.read_text()  # every record the driver keeps
 
 
 def test_notification_context_carries_ids_only(make_manager, cinder_mock, ctxt):

@@ -43,8 +43,10 @@ def driver(conf):
     return fake.FakeDriver(conf)
 
 
-def state_file(conf):
-    return os.path.join(conf.state_path, 'fake-virt', 'attachments.json')
+def state_file(conf, instance_uuid=None):
+    """The file of one instance's records."""
+    return os.path.join(conf.state_path, 'fake-virt', 'instances',
+                        (instance_uuid or INSTANCE['uuid']) + '.json')
 
 
 def test_attachment_record_has_the_contract_fields(driver):
@@ -209,7 +211,7 @@ def test_state_file_never_holds_connection_secrets(conf, driver, caplog):
         text = f.read()
     assert SECRET not in text
     assert 'target_iqn' not in text  # connection_info['data'] is not kept at all
-    assert json.loads(text)['instances'][INSTANCE['uuid']]['attachments'][VOL_A]
+    assert json.loads(text)['attachments'][VOL_A]
     assert SECRET not in caplog.text
     assert "'auth_password': '***'" in caplog.text  # logged, but masked
     assert 'Attached volume %s' % VOL_A in caplog.text
@@ -219,16 +221,56 @@ def test_state_file_is_written_atomically_and_privately(conf, driver):
     driver.attach_volume(None, iscsi_info(), INSTANCE, '/dev/vdb', VOL_A)
     state_dir = os.path.dirname(state_file(conf))
     # no temp file left; .lock is the flock other processes share
-    assert sorted(os.listdir(state_dir)) == ['.lock', 'attachments.json']
+    assert sorted(os.listdir(os.path.dirname(state_dir))) == ['.lock', 'instances']
+    assert os.listdir(state_dir) == [INSTANCE['uuid'] + '.json']
     assert os.stat(state_file(conf)).st_mode & 0o077 == 0
 
 
 def test_corrupt_state_file_is_an_error_not_an_empty_start(conf, driver):
     driver.attach_volume(None, iscsi_info(), INSTANCE, '/dev/vdb', VOL_A)
     with open(state_file(conf), 'w') as f:
-        f.write('{"instances": {')
-    with pytest.raises(exception.VirtDriverError, match='attachments.json'):
-        fake.FakeDriver(conf)
+        f.write('{"attachments": {')
+    with pytest.raises(exception.VirtDriverError, match=INSTANCE['uuid'] + '.json'):
+        fake.FakeDriver(conf).get_attachments(INSTANCE['uuid'])
+
+
+def test_a_call_reads_and_writes_only_its_instances_file(conf, driver):
+    """Its cost does not grow with the number of instances (issue 9, goal 5)."""
+    others = ['0e5e6e4c-%04d-4000-8000-000000000000' % i for i in range(50)]
+    for uuid in others:
+        driver.attach_volume(None, iscsi_info(), {'uuid': uuid}, '/dev/vdb', VOL_A)
+    before = {uuid: os.stat(state_file(conf, uuid)).st_mtime_ns for uuid in others}
+    opened = []
+    real_open = open
+
+    def spy(path, *args, **kwargs):
+        opened.append(str(path))
+        return real_open(path, *args, **kwargs)
+    import builtins
+    builtins.open, saved = spy, builtins.open
+    try:
+        driver.attach_volume(None, iscsi_info(), INSTANCE, '/dev/vdb', VOL_B)
+        driver.get_attachments(INSTANCE['uuid'])
+    finally:
+        builtins.open = saved
+    assert {uuid: os.stat(state_file(conf, uuid)).st_mtime_ns for uuid in others} == before
+    assert not [p for p in opened if any(uuid in p for uuid in others)]
+
+
+def test_the_first_releases_single_file_is_split_up(conf):
+    old_dir = os.path.join(conf.state_path, 'fake-virt')
+    os.makedirs(old_dir)
+    with open(os.path.join(old_dir, 'attachments.json'), 'w') as f:
+        json.dump({'version': 1, 'instances': {INSTANCE['uuid']: {
+            'attachments': {VOL_A: {'volume_id': VOL_A, 'mountpoint': '/dev/vdb',
+                                    'driver_volume_type': 'iscsi', 'access_mode': 'rw',
+                                    'attached_at': '2026-11-25T10:42:07+00:00'}},
+            'reservations': {VOL_B: '/dev/vdc'}}}}, f)
+    driver = fake.FakeDriver(conf)
+    assert [a['volume_id'] for a in driver.get_attachments(INSTANCE['uuid'])] == [VOL_A]
+    assert [(r['volume_id'], r['device']) for r in driver.reservations()] == [
+        (VOL_B, '/dev/vdc')]
+    assert not os.path.exists(os.path.join(old_dir, 'attachments.json'))
 
 
 def test_capabilities_are_advertised(driver):
@@ -250,8 +292,8 @@ def test_unknown_driver_name_lists_installed_drivers(conf):
 
 
 def test_driver_failing_to_start_is_not_reported_as_missing(conf, driver):
-    with open(state_file(conf), 'w') as f:
-        f.write('not json')
+    with open(os.path.join(conf.state_path, 'fake-virt', 'attachments.json'), 'w') as f:
+        f.write('not json')  # an old state file it cannot read
     with pytest.raises(exception.VirtDriverError) as info:
         virt.load_driver(conf)
     assert not isinstance(info.value, exception.VirtDriverNotFound)

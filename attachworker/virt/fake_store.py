@@ -1,0 +1,129 @@
+"""The fake virt driver's durable records: one small JSON file per instance.
+
+``<state_path>/fake-virt/instances/<instance uuid>.json`` holds that instance's
+attachments and device reservations; ``reservations.json`` indexes every
+reservation (for their expiry) so nothing ever reads all instances. A call reads
+and rewrites only the file of its instance, so its cost does not grow with the
+number of instances or with history. Files are written atomically (temporary file,
+fsync, rename, directory fsync) with mode 0600, under a thread lock and an flock on
+``.lock`` shared by every process of the host. A journal of the first release
+(``attachments.json``, every instance in one file) is split up once.
+"""
+import contextlib
+import copy
+import fcntl
+import json
+import os
+import tempfile
+import threading
+from typing import Any
+from typing import Callable
+from typing import Iterator
+
+from attachworker import exception
+
+EMPTY = {'attachments': {}, 'reservations': {}, 'reserved_at': {}}
+
+
+def _write(directory: str, path: str, value: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.write-', suffix='.tmp')
+    try:
+        with os.fdopen(fd, 'w', encoding='utf-8') as f:
+            json.dump(value, f, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(directory, os.O_RDONLY)  # the rename is durable once this is
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise exception.VirtDriverError(reason='cannot write %s: %s' % (path, exc)) from exc
+
+
+def _read(path: str, default: Any) -> Any:
+    try:
+        with open(path, encoding='utf-8') as f:
+            value = json.load(f)
+    except FileNotFoundError:
+        return copy.deepcopy(default)
+    except (OSError, ValueError) as exc:
+        # Starting empty would silently forget attachments that exist.
+        raise exception.VirtDriverError(reason='cannot read %s: %s' % (path, exc)) from exc
+    if not isinstance(value, dict):
+        raise exception.VirtDriverError(reason='%s is not a state file' % path)
+    return value
+
+
+class Store:
+    def __init__(self, directory: str) -> None:
+        self.dir = directory
+        self._instances = os.path.join(directory, 'instances')
+        self._index = os.path.join(directory, 'reservations.json')
+        self._lock = threading.Lock()
+        os.makedirs(self._instances, mode=0o700, exist_ok=True)
+        with self.locked():
+            self._split_old_file()
+
+    def path(self, instance_uuid: str) -> str:
+        if not instance_uuid or '/' in instance_uuid or instance_uuid.startswith('.'):
+            raise exception.InvalidInput(reason='bad instance uuid %r' % (instance_uuid,))
+        return os.path.join(self._instances, instance_uuid + '.json')
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """This process's threads and other processes, one at a time."""
+        with self._lock, open(os.path.join(self.dir, '.lock'), 'a') as lock_file:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+            yield
+
+    def load(self, instance_uuid: str) -> dict:
+        """One instance's records (call with the lock held)."""
+        inst = _read(self.path(instance_uuid), EMPTY)
+        for key, value in EMPTY.items():
+            inst.setdefault(key, copy.deepcopy(value))
+        return inst
+
+    def update(self, instance_uuid: str, change: Callable[[dict], Any]) -> Any:
+        """Apply ``change(instance record)`` to a copy and persist it if it changed
+        (call with the lock held); returns what ``change`` returned."""
+        old = self.load(instance_uuid)
+        new = copy.deepcopy(old)
+        result = change(new)
+        if new != old:
+            if new['attachments'] or new['reservations']:
+                _write(self._instances, self.path(instance_uuid), new)
+            elif os.path.exists(self.path(instance_uuid)):
+                os.unlink(self.path(instance_uuid))
+            if (new['reservations'], new['reserved_at']) != (old['reservations'],
+                                                            old['reserved_at']):
+                self._index_instance(instance_uuid, new)
+        return result
+
+    def _index_instance(self, instance_uuid: str, inst: dict) -> None:
+        index = _read(self._index, {})
+        if inst['reservations']:
+            index[instance_uuid] = {vol: [device, inst['reserved_at'].get(vol, 0.0)]
+                                    for vol, device in inst['reservations'].items()}
+        else:
+            index.pop(instance_uuid, None)
+        _write(self.dir, self._index, index)
+
+    def reservations(self) -> dict:
+        """{instance uuid: {volume id: [device, reserved_at]}} (lock held)."""
+        return _read(self._index, {})
+
+    def _split_old_file(self) -> None:
+        old = os.path.join(self.dir, 'attachments.json')
+        if not os.path.exists(old):
+            return
+        state = _read(old, {})
+        for instance_uuid, inst in (state.get('instances') or {}).items():
+            record = dict(copy.deepcopy(EMPTY), **inst)
+            _write(self._instances, self.path(instance_uuid), record)
+            if record['reservations']:
+                self._index_instance(instance_uuid, record)
+        os.unlink(old)
