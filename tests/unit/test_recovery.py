@@ -366,3 +366,29 @@ def test_an_unknown_reservation_never_takes_one_another_operation_holds(conf, cl
     assert recover(conf) == {'undone': 1}
     assert [c for c in cloud.calls()[mark:] if c.startswith('DELETE')] == []
     waiting.close()
+
+
+def test_pruning_keeps_what_recovery_needs(conf, cloud, notifications):
+    """Finished operations go; an unfinished one keeps its record and its undo stack,
+    and recovery still resolves it after the prune."""
+    import time as _time
+    ok = Journal(conf.state_path, owner='7:7')
+    ComputeManager(conf, CinderAPI(conf), virt.load_driver(conf),
+                   Outbox(ok, notifier(conf)),
+                   lambda: aw_connector.get_connector_properties(conf)).attach_volume(
+        caller(), {'uuid': '0e5e6e4c-0000-4000-8000-000000000001',
+                   'project_id': SERVICE_PROJECT}, cloud.volume_id, '/dev/vdb')
+    ok.close()
+    cloud.volume.update(status='available', attachments=[])
+    cloud.att.update(status='reserved', deleted=False, instance=None)
+    crash(conf, ('attachment_update', 'done'), volume_id=cloud.volume_id)
+    journal = Journal(conf.state_path)
+    [orphan] = journal.orphans()
+    journal.prune(_time.time() + 1)  # everything finished is older than that
+    assert [o['state'] for o in journal.list()] == ['running']
+    assert journal.stack(orphan['op_id'])  # its undo stack is kept
+    assert journal._read('SELECT count(*) AS n FROM steps WHERE op_id != ?',
+                         orphan['op_id'])[0]['n'] == 0
+    journal.close()
+    assert recover(conf) == {'undone': 1}
+    assert cloud.att.get('deleted')
