@@ -8,6 +8,8 @@ journal, masking or undo.
 
     python tools/bench_reference.py CONFIG_FILE CINDER_URL
 """
+import faulthandler
+import logging
 import signal
 import sys
 import threading
@@ -45,6 +47,13 @@ class Endpoint:
 
     def attach_volume(self, ctxt, instance=None, volume_id=None, mountpoint=None,
                       mode='rw', attachment_id=None):
+        try:
+            self._attach(ctxt, instance, volume_id, mountpoint)
+        except Exception as exc:  # noqa: BLE001 - the benchmark reports it
+            print('bench-reference: attach failed: %r' % exc, file=sys.stderr, flush=True)
+            raise
+
+    def _attach(self, ctxt, instance, volume_id, mountpoint):
         c = self._client(ctxt)
         c.volumes.get(volume_id)
         attachment = c.attachments.create(volume_id, None, instance['uuid'])
@@ -52,10 +61,16 @@ class Endpoint:
         c.attachments.complete(attachment['id'])
         self._notifier.info(ctxt, 'instance.volume_attach.end',
                             {'request_id': ctxt.get('request_id'), 'volume_id': volume_id})
+        print('bench-reference: attached %s' % volume_id, file=sys.stderr, flush=True)
 
 
 def main(argv: list) -> int:
-    conf = cfg.ConfigOpts()
+    faulthandler.register(signal.SIGUSR1)  # kill -USR1 PID: where is it stuck?
+    logging.basicConfig(level=logging.WARNING)  # failures show in its output
+    # oslo.messaging 18.3.1 reads groups it registers only on the global cfg.CONF
+    # (oslo_messaging_tracing) in the server's dispatch thread: with a private
+    # ConfigOpts every cast fails there, silently (futurist keeps the exception)
+    conf = cfg.CONF
     for group, opts in messaging_opts.list_opts():
         conf.register_opts(opts, group=group)
     conf.register_opt(cfg.StrOpt('host'))
@@ -71,7 +86,7 @@ def main(argv: list) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     server.start()
-    print('ready', flush=True)
+    print('bench-reference serving', flush=True)
     while not stop.wait(0.5):
         pass
     server.stop()
