@@ -20,7 +20,6 @@ after undoing what was done, naming the step that failed. Nothing raises out of
 an endpoint method: the worker goes on to the next cast.
 """
 import threading
-import time
 from typing import Any
 from typing import Callable
 from typing import Optional
@@ -30,6 +29,7 @@ from oslo_log import log as logging
 import oslo_messaging as messaging
 
 from attachworker import checks
+from attachworker import devices
 from attachworker import exception
 from attachworker import validation
 from attachworker.detach import detach_pipeline
@@ -109,44 +109,11 @@ class ComputeManager:
         validation.check_context(ctxt)
         req = validation.reserve_request(instance, volume_id, device, tag, multiattach,
                                          unknown, self._conf.worker.max_argument_length)
-        if req.multiattach and not self._driver.capabilities.get('supports_multiattach'):
-            raise exception.MultiattachNotSupported()
-        with locks.instance_lock(self._conf.state_path, req.instance_uuid):
-            for held in self._driver.get_attachments(req.instance_uuid):
-                if held['volume_id'] == req.volume_id:
-                    raise exception.VolumeAlreadyAttached(
-                        volume_id=req.volume_id, how='attached to',
-                        instance_uuid=req.instance_uuid, device=held['mountpoint'])
-            for held in self._driver.reservations():
-                if (held['instance_uuid'], held['volume_id']) == (req.instance_uuid,
-                                                                  req.volume_id):
-                    raise exception.VolumeAlreadyAttached(
-                        volume_id=req.volume_id, how='reserved for',
-                        instance_uuid=req.instance_uuid, device=held['device'])
-            name = self._driver.reserve_device_name(req.instance_uuid, req.volume_id,
-                                                    req.device)
-        LOG.info('Reserved %(dev)s on instance %(inst)s for volume %(vol)s',
-                 {'dev': name, 'inst': req.instance_uuid, 'vol': req.volume_id})
-        return name
+        return devices.reserve(self._conf, self._driver, req)
 
     def expire_reservations(self) -> int:
         """Not an RPC method: release device names no attach used in time."""
-        deadline = time.time() - self._conf.worker.reservation_timeout
-        released = 0
-        for held in self._driver.reservations():
-            if held['reserved_at'] >= deadline:
-                continue
-            with locks.instance_lock(self._conf.state_path, held['instance_uuid']):
-                if any(r == held for r in self._driver.reservations()):
-                    self._driver.release_device_name(held['instance_uuid'],
-                                                     held['volume_id'])
-                    released += 1
-                    LOG.info('Released %(dev)s of instance %(inst)s: no attach of volume '
-                             '%(vol)s used it within %(timeout)d s',
-                             {'dev': held['device'], 'inst': held['instance_uuid'],
-                              'vol': held['volume_id'],
-                              'timeout': self._conf.worker.reservation_timeout})
-        return released
+        return devices.expire(self._conf, self._driver)
 
     def _run(self, ctxt: Any, action: str, raw: dict, validate: Callable[[], Any],
              pipeline: Callable[[Any, Any, Operation], None]) -> None:
