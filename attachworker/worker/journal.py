@@ -28,12 +28,12 @@ from typing import Iterator
 from typing import Optional
 
 from oslo_log import log as logging
-from oslo_utils import strutils
 
 from attachworker import exception
 from attachworker.worker import locks
 from attachworker.worker.journal_outbox import OutboxStore
 from attachworker.worker.journal_schema import SCHEMA
+from attachworker.worker.journal_schema import dumps
 from attachworker.worker.journal_schema import upgrade
 from attachworker.worker.operation import StepObserver
 
@@ -41,15 +41,6 @@ LOG = logging.getLogger(__name__)
 
 CRASH_ENV = 'ATTACHWORKER_TEST_CRASH_AT'
 TERMINAL = ('completed', 'failed', 'undone', 'recovered', 'duplicate')
-
-
-def dumps(value: Any) -> str:
-    """JSON for the journal: secrets masked, text that cannot be encoded escaped."""
-    if isinstance(value, dict):
-        value = strutils.mask_dict_password(value)
-    elif isinstance(value, str):
-        value = strutils.mask_password(value)
-    return json.dumps(value, default=str)
 
 
 class Journal(OutboxStore, StepObserver):

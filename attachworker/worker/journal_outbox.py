@@ -15,6 +15,8 @@ import uuid
 
 from oslo_utils import strutils
 
+from attachworker.worker.journal_schema import dumps
+
 #: Failed publications of one row before it is parked.
 MAX_ATTEMPTS = 3
 _OUTCOME_NAMESPACE = uuid.UUID('5b1c6f2e-8a47-4c1e-9a3d-6f0e2b7c9d41')
@@ -25,12 +27,6 @@ def outcome_event_id(op_id: str) -> str:
     pipeline, a direct publish while the journal fails, recovery): a second copy is
     the same event, and the audit store keeps one."""
     return str(uuid.uuid5(_OUTCOME_NAMESPACE, op_id))
-
-
-def _dumps(value: Any) -> str:
-    if isinstance(value, dict):
-        value = strutils.mask_dict_password(value)
-    return json.dumps(value, default=str)
 
 
 def _text(value: Any) -> Optional[str]:
@@ -50,7 +46,7 @@ class OutboxStore:
             'INSERT INTO outbox (event_id, request_id, action, phase, fields, fault, '
             'context, created_at, sent_at) VALUES (?,?,?,?,?,?,?,?,?)',
             (event_id or str(uuid.uuid4()), _text(fields.get('request_id')), action,
-             phase, _dumps(fields), _dumps(fault) if fault else None, _dumps(context),
+             phase, dumps(fields), dumps(fault) if fault else None, dumps(context),
              now, now if sent else None))
         return cursor.lastrowid
 
@@ -62,10 +58,6 @@ class OutboxStore:
     def outbox_row(self, outbox_id: int) -> Optional[dict]:
         rows = self._read('SELECT * FROM outbox WHERE id=?', outbox_id)
         return _decode(rows[0]) if rows else None
-
-    def is_sent(self, outbox_id: int) -> bool:
-        rows = self._read('SELECT sent_at FROM outbox WHERE id=?', outbox_id)
-        return bool(rows and rows[0]['sent_at'])
 
     def mark_sent(self, outbox_id: int) -> None:
         self._write('UPDATE outbox SET sent_at=? WHERE id=?', time.time(), outbox_id)

@@ -6,7 +6,11 @@ a redelivered cast finds its row and is not run twice). ``steps``: the trail.
 start (attachworker.worker.operation). ``outbox``: notifications, durable before they
 are published, each with the event id it is published under every time.
 """
+import json
 import sqlite3
+from typing import Any
+
+from oslo_utils import strutils
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS operations (
@@ -40,8 +44,7 @@ CREATE TABLE IF NOT EXISTS undos (
     name TEXT NOT NULL,             -- attachworker.worker.undo.Compensator.do_<name>
     kind TEXT NOT NULL,             -- undo | finish
     args TEXT NOT NULL,             -- JSON keyword arguments, never a secret
-    state TEXT NOT NULL,            -- armed | dropped | committed | superseded | done
-                                    -- | failed
+    state TEXT NOT NULL,            -- armed | dropped | committed | done | failed
     PRIMARY KEY (op_id, seq)
 );
 CREATE TABLE IF NOT EXISTS outbox (
@@ -82,3 +85,13 @@ def upgrade(db: sqlite3.Connection) -> None:
             db.execute('ALTER TABLE %s ADD COLUMN %s %s' % (table, column, definition))
     db.execute('CREATE UNIQUE INDEX IF NOT EXISTS operations_unique ON operations '
                '(unique_id) WHERE unique_id IS NOT NULL')
+
+
+def dumps(value: Any) -> str:
+    """A value as the journal stores it: JSON, secrets masked (text that cannot be
+    encoded is escaped by json)."""
+    if isinstance(value, dict):
+        value = strutils.mask_dict_password(value)
+    elif isinstance(value, str):
+        value = strutils.mask_password(value)
+    return json.dumps(value, default=str)

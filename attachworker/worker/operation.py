@@ -65,7 +65,6 @@ class Operation:
         self.id = str(uuid.uuid4())
         self.fields: dict = {'request_id': request_id, 'host': host}
         self.current_step = 'validate'
-        self.completed_steps: list = []
         self.stack: list = []
         self._seq = 0
         self._abort = abort or threading.Event()
@@ -133,7 +132,6 @@ class Operation:
             except exception.JournalError as journal_exc:
                 LOG.error('Could not journal the failure of step %s: %s', name, journal_exc)
             raise
-        self.completed_steps.append(name)
         changed = []
         if entry and rearm:
             entry['args'].update(rearm(result))

@@ -44,10 +44,19 @@ class Outbox:
             outbox_id = self.journal.queue_notification(action, phase, fields, fault,
                                                         context_of(ctxt))
         except exception.JournalError as exc:
-            LOG.error('Journal unavailable (%s): publishing %s.%s directly', exc, action,
-                      phase)
-            return self._notifier.notify(ctxt, action, phase, fault=fault, **fields)
+            return self._direct(exc, ctxt, action, phase, fault, fields)
         return self.send(outbox_id, ctxt, action, phase, fault, fields)
+
+    def _direct(self, why: Any, ctxt: Any, action: str, phase: str,
+                fault: Optional[dict], fields: dict,
+                event_id: Optional[str] = None) -> bool:
+        """Publish without the journal (it failed): an outcome is never withheld."""
+        if why is not None:
+            LOG.error('Journal unavailable (%s): publishing %s.%s directly', why, action,
+                      phase)
+        event = (event_id, time.time()) if event_id else None
+        return self._notifier.notify(ctxt, action, phase, fault=fault, event=event,
+                                     **fields)
 
     def send(self, outbox_id: Optional[int], ctxt: Any, action: str, phase: str,
              fault: Optional[dict], fields: dict, event_id: Optional[str] = None) -> bool:
@@ -56,10 +65,8 @@ class Outbox:
         ``outbox_id`` None: it could not be queued (the journal failed); it is
         published directly, under ``event_id`` when the caller has one.
         """
-        if outbox_id is None:
-            event = (event_id, time.time()) if event_id else None
-            return self._notifier.notify(ctxt, action, phase, fault=fault, event=event,
-                                         **fields)
+        if outbox_id is None:  # the caller logged why
+            return self._direct(None, ctxt, action, phase, fault, fields, event_id)
         with self._lock:
             if outbox_id in self._sending:
                 return False
@@ -86,9 +93,7 @@ class Outbox:
                           outbox_id, exc)
             return True
         except exception.JournalError as exc:
-            LOG.error('Journal unavailable (%s): publishing %s.%s directly', exc, action,
-                      phase)
-            return self._notifier.notify(ctxt, action, phase, fault=fault, **fields)
+            return self._direct(exc, ctxt, action, phase, fault, fields)
         finally:
             with self._lock:
                 self._sending.discard(outbox_id)
