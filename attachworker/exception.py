@@ -229,3 +229,10 @@ class MultiattachNotSupported(AttachWorkerException):
     msg_fmt = 'The virt driver of this host cannot attach a volume to several instances'
     code = 409
     expected = True
+
+
+# --- the service itself ------------------------------------------------------------
+
+class MetricsUnavailable(AttachWorkerException):
+    msg_fmt = ('Cannot serve Prometheus metrics on %(host)s port %(port)s: %(reason)s '
+               '(see [metrics] host and port)')

@@ -31,6 +31,7 @@ import oslo_messaging as messaging
 from attachworker import checks
 from attachworker import devices
 from attachworker import exception
+from attachworker import metrics
 from attachworker import validation
 from attachworker.detach import detach_pipeline
 from attachworker.worker import delivery as aw_delivery
@@ -150,7 +151,8 @@ class ComputeManager:
             self._outcomes.finish(ctxt, op, 'failed', invalid)
             return
         self._outbox.notify(ctxt, action, 'start', **op.payload())
-        with locks.instance_lock(self._conf.state_path, req.instance_uuid), \
+        with metrics.IN_FLIGHT.labels(action).track_inprogress(), \
+                locks.instance_lock(self._conf.state_path, req.instance_uuid), \
                 locks.volume_lock(self._conf.state_path, req.volume_id):
             try:
                 pipeline(ctxt, req, op)
@@ -243,7 +245,7 @@ class ComputeManager:
         op.update(driver_volume_type=(connection_info or {}).get('driver_volume_type'))
 
         record = {'flow': flow, 'attachment_id': op.fields.get('attachment_id'),
-                  'mode': req.mode}
+                  'mode': req.mode, 'multiattach': bool(volume.get('multiattach'))}
         if flow == 'attachments':
             resume = ('complete_attachment', {'attachment_id': op.fields['attachment_id']})
         else:

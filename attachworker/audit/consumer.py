@@ -27,6 +27,7 @@ import oslo_messaging as messaging
 from oslo_utils import timeutils
 
 from attachworker import context as aw_context
+from attachworker import metrics
 from attachworker.audit import contract
 from attachworker.audit import masking
 from attachworker.audit.backoff import Backoff
@@ -130,6 +131,9 @@ class AuditEndpoint:
         debug = LOG.isEnabledFor(logging_std.DEBUG)
         for (_, event), new in zip(events, stored, strict=True):
             self._count('stored' if new else 'duplicate')
+            if new:
+                metrics.AUDIT_LAG.observe(
+                    max(0.0, (event.received_at - event.timestamp).total_seconds()))
             if debug:
                 LOG.debug('%(what)s %(event_type)s from %(publisher)s (message '
                           '%(message_id)s)',
@@ -188,6 +192,7 @@ class AuditEndpoint:
         return len(text), excerpt[:self._excerpt_length]
 
     def _count(self, what: str, number: int = 1) -> None:
+        metrics.AUDIT_MESSAGES.labels(what).inc(number)
         with self._lock:
             self.counts[what] += number
 

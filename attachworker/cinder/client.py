@@ -14,6 +14,7 @@ from keystoneauth1 import exceptions as ks_exc
 from oslo_log import log as logging
 
 from attachworker import exception
+from attachworker import metrics
 from attachworker.cinder.errors import translate
 
 LOG = logging.getLogger(__name__)
@@ -51,7 +52,8 @@ class CinderClient:
     """Cinder calls for one request; returns plain dicts, raises our exceptions."""
 
     def __init__(self, once: Any, retried: Any, version: api_versions.APIVersion,
-                 attach_flow: str) -> None:
+                 attach_flow: str, endpoint: Optional[str] = None) -> None:
+        self._endpoint = endpoint
         self._once = once
         self._retried = retried
         self.version = version
@@ -75,9 +77,12 @@ class CinderClient:
     def _call(self, step: str, fn: Callable[[Any], Any], idempotent: bool = False,
               **ids: Any) -> Any:
         try:
-            return fn(self._retried if idempotent else self._once)
+            with metrics.cinder_call(step, self._endpoint):
+                return fn(self._retried if idempotent else self._once)
         except (cinder_exc.ClientException, cinder_exc.ConnectionError,
                 ks_exc.ClientException) as exc:
+            if isinstance(exc, (ks_exc.ConnectionError, cinder_exc.ConnectionError)):
+                metrics.no_answer(step, isinstance(exc, ks_exc.ConnectTimeout))
             raise translate(step, exc, **ids) from exc
 
     # --- reads -------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from oslo_log import log as logging
 
 from attachworker import config
 from attachworker import exception
+from attachworker import metrics
 from attachworker import rpc
 from attachworker.audit import backoff
 from attachworker.audit import consumer
@@ -115,6 +116,11 @@ def serve(conf: cfg.ConfigOpts) -> int:
     server = listener.get_listener(transport, rpc.NOTIFICATION_TOPIC, endpoint,
                                    conf.audit.pool or None, conf.audit.max_message_size,
                                    conf.audit.batch_size, conf.audit.batch_timeout)
+    try:
+        metrics.serve(conf, 'attachworker-audit')
+    except exception.MetricsUnavailable as exc:
+        LOG.error('%s', exc)
+        return 1
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.set())

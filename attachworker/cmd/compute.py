@@ -7,6 +7,8 @@ from oslo_log import log as logging
 
 from attachworker import config
 from attachworker import connector
+from attachworker import exception
+from attachworker import metrics
 from attachworker import rpc
 from attachworker import virt
 from attachworker.cinder import CinderAPI
@@ -31,6 +33,12 @@ def main() -> int:
     manager = ComputeManager(conf, cinder_api, driver, outbox,
                              functools.partial(connector.get_connector_properties, conf))
     recovery = Recovery(conf, cinder_api, driver, outbox)
+    metrics.watch_journal(outbox.journal)
+    try:
+        metrics.serve(conf, 'attachworker-compute')
+    except exception.MetricsUnavailable as exc:
+        LOG.error('%s', exc)
+        return 1
     server = rpc.get_rpc_server(transport, conf.host, manager, manager.reject,
                                 known_cast=outbox.journal.known_cast)
     LOG.info('attachworker-compute on host %(host)s, exchange %(exchange)s, '

@@ -9,12 +9,15 @@ from attachworker.conf import audit
 from attachworker.conf import cinder
 from attachworker.conf import connector
 from attachworker.conf import default
+from attachworker.conf import libvirt
+from attachworker.conf import metrics
 from attachworker.conf import service_user
 from attachworker.conf import upgrade_levels
 from attachworker.conf import virt
 from attachworker.conf import worker
 
-_MODULES = (default, cinder, service_user, virt, connector, worker, upgrade_levels, audit)
+_MODULES = (default, cinder, service_user, virt, libvirt, connector, worker, upgrade_levels,
+            audit, metrics)
 
 
 def register_opts(conf: cfg.ConfigOpts) -> None:

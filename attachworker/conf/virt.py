@@ -13,6 +13,10 @@ Possible values:
 
 * ``fake``: records attachments in a durable file under ``state_path``; ships with
   attachworker for tests and demonstrations.
+* ``libvirt``: attaches volumes as disks of the libvirt domain whose UUID is the
+  instance UUID (``rbd`` through QEMU's librbd, ``iscsi`` and ``fibre_channel``
+  through os-brick); needs libvirt-python, and os-brick for the block protocols.
+  See the ``[libvirt]`` section.
 """),
 ]
 

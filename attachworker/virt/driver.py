@@ -47,10 +47,12 @@ class VirtDriver(abc.ABC):
         the attachment (``get_attachments`` returns it) so detach and recovery follow
         it rather than today's configuration::
 
-            {'flow': 'attachments', 'attachment_id': '5d77...', 'mode': 'ro'}
+            {'flow': 'attachments', 'attachment_id': '5d77...', 'mode': 'ro',
+             'multiattach': False}
 
         ``mode`` is ``'rw'`` or ``'ro'``: a read-only attachment is read-only in
-        the guest.
+        the guest. ``multiattach``: the volume may be attached to several instances
+        at once (a hypervisor must then open it shared).
 
         Attaching the same volume at the same mountpoint again does nothing.
         Raises DeviceInUse when another volume uses ``mountpoint`` on that

@@ -1,13 +1,15 @@
 """The fake virt driver's durable records: one small JSON file per instance.
 
 ``<state_path>/fake-virt/instances/<instance uuid>.json`` holds that instance's
-attachments and device reservations; ``reservations.json`` indexes every
-reservation (for their expiry) so nothing ever reads all instances. A call reads
-and rewrites only the file of its instance, so its cost does not grow with the
-number of instances or with history. Files are written atomically (temporary file,
+attachments and device reservations; an empty file ``reserved/<instance uuid>``
+marks each instance that has reservations (for their expiry), so nothing ever reads
+all instances. A call reads and rewrites only the file of its instance (and creates
+or removes its marker), so its cost does not grow with the number of instances, of
+reservations or with history. Files are written atomically (temporary file,
 fsync, rename, directory fsync) with mode 0600, under a thread lock and an flock on
 ``.lock`` shared by every process of the host. A journal of the first release
-(``attachments.json``, every instance in one file) is split up once.
+(``attachments.json``, every instance in one file) is split up once, and the
+reservation index of the second (``reservations.json``) becomes markers once.
 """
 import contextlib
 import copy
@@ -33,15 +35,19 @@ def _write(directory: str, path: str, value: Any) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        dir_fd = os.open(directory, os.O_RDONLY)  # the rename is durable once this is
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        _fsync_dir(directory)  # the rename is durable once this is
     except OSError as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise exception.VirtDriverError(reason='cannot write %s: %s' % (path, exc)) from exc
+
+
+def _fsync_dir(directory: str) -> None:
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def _read(path: str, default: Any) -> Any:
@@ -62,11 +68,13 @@ class Store:
     def __init__(self, directory: str) -> None:
         self.dir = directory
         self._instances = os.path.join(directory, 'instances')
-        self._index = os.path.join(directory, 'reservations.json')
+        self._reserved = os.path.join(directory, 'reserved')
         self._lock = threading.Lock()
         os.makedirs(self._instances, mode=0o700, exist_ok=True)
+        os.makedirs(self._reserved, mode=0o700, exist_ok=True)
         with self.locked():
             self._split_old_file()
+            self._index_to_markers()
 
     def path(self, instance_uuid: str) -> str:
         if not instance_uuid or '/' in instance_uuid or instance_uuid.startswith('.'):
@@ -104,17 +112,40 @@ class Store:
         return result
 
     def _index_instance(self, instance_uuid: str, inst: dict) -> None:
-        index = _read(self._index, {})
-        if inst['reservations']:
-            index[instance_uuid] = {vol: [device, inst['reserved_at'].get(vol, 0.0)]
-                                    for vol, device in inst['reservations'].items()}
-        else:
-            index.pop(instance_uuid, None)
-        _write(self.dir, self._index, index)
+        marker = os.path.join(self._reserved, instance_uuid)
+        try:
+            if inst['reservations']:
+                if os.path.exists(marker):
+                    return
+                os.close(os.open(marker, os.O_CREAT | os.O_WRONLY, 0o600))
+            elif os.path.exists(marker):
+                os.unlink(marker)
+            else:
+                return
+            _fsync_dir(self._reserved)
+        except OSError as exc:
+            raise exception.VirtDriverError(reason='cannot mark %s: %s' % (marker, exc)) \
+                from exc
 
     def reservations(self) -> dict:
         """{instance uuid: {volume id: [device, reserved_at]}} (lock held)."""
-        return _read(self._index, {})
+        found = {}
+        for instance_uuid in sorted(os.listdir(self._reserved)):
+            inst = self.load(instance_uuid)
+            if inst['reservations']:
+                found[instance_uuid] = {
+                    vol: [device, inst['reserved_at'].get(vol, 0.0)]
+                    for vol, device in inst['reservations'].items()}
+            else:  # a crash between the instance's file and its marker
+                self._index_instance(instance_uuid, inst)
+        return found
+
+    def _index_to_markers(self) -> None:
+        old = os.path.join(self.dir, 'reservations.json')
+        if os.path.exists(old):
+            for instance_uuid in _read(old, {}):
+                self._index_instance(instance_uuid, self.load(instance_uuid))
+            os.unlink(old)
 
     def _split_old_file(self) -> None:
         old = os.path.join(self.dir, 'attachments.json')

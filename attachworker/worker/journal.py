@@ -21,7 +21,6 @@ import json
 import os
 import signal
 import sqlite3
-import threading
 import time
 from typing import Any
 from typing import Iterator
@@ -31,6 +30,7 @@ from oslo_log import log as logging
 
 from attachworker import exception
 from attachworker.worker import locks
+from attachworker.worker.group_commit import GroupCommit
 from attachworker.worker.journal_outbox import OutboxStore
 from attachworker.worker.journal_schema import SCHEMA
 from attachworker.worker.journal_schema import dumps
@@ -52,7 +52,6 @@ class Journal(OutboxStore, StepObserver):
         self.path = os.path.join(state_path, 'journal.sqlite')
         self.owner = owner or locks.process_identity()
         self._owner_lock = locks.OwnerLock(state_path, self.owner)
-        self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30,
                                    isolation_level=None)
         self._db.row_factory = sqlite3.Row
@@ -60,23 +59,18 @@ class Journal(OutboxStore, StepObserver):
         self._db.execute('PRAGMA synchronous=FULL')
         self._db.executescript(SCHEMA)
         upgrade(self._db)
+        self._group = GroupCommit(self._db)
+        self._lock = self._group.lock  # the connection, for reads
         self._crash_at = os.environ.get(CRASH_ENV)
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """One commit (one fsync) for every statement inside; JournalError on failure."""
+    def _transaction(self, wait: bool = True) -> Iterator[sqlite3.Connection]:
+        """Every statement inside is on disk when the block exits (a group commit:
+        one fsync for the writes of every thread); JournalError on failure.
+        ``wait=False``: on disk with the next write that waits (GroupCommit.write)."""
         try:
-            with self._lock:
-                self._db.execute('BEGIN IMMEDIATE')
-                try:
-                    yield self._db
-                    self._db.execute('COMMIT')
-                except BaseException:
-                    # also when COMMIT itself failed: never leave the connection
-                    # inside a transaction, or every later write fails too
-                    with contextlib.suppress(sqlite3.Error):
-                        self._db.execute('ROLLBACK')
-                    raise
+            with self._group.write(wait) as db:
+                yield db
         except sqlite3.Error as exc:
             raise exception.JournalError(reason=str(exc)) from exc
 
@@ -110,6 +104,7 @@ class Journal(OutboxStore, StepObserver):
             if unique_id and isinstance(exc.__cause__, sqlite3.IntegrityError):
                 return False
             raise
+        op.journalled_version = getattr(op, 'version', None)
         return True
 
     def known_cast(self, unique_id: str) -> bool:
@@ -140,18 +135,26 @@ class Journal(OutboxStore, StepObserver):
                                               entry['name'], entry['kind'],
                                               dumps(entry['args']), entry['state']))
 
-    def _record(self, op: Any, step: str, state: str, extra: Any = None) -> None:
+    def _record(self, op: Any, step: str, state: str, extra: Any = None,
+                wait: bool = True) -> None:
         now = time.time()
-        with self._transaction() as db:  # the step, its undo and the summary together
+        crash = self._crash_at == '%s:%s' % (step, state)
+        # the step, its undo and the summary together
+        with self._transaction(wait or crash) as db:
             db.execute('INSERT INTO steps (op_id, seq, step, state, at) VALUES '
                        '(?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM steps WHERE op_id=?), '
                        '?, ?, ?)', (op.id, op.id, step, state, now))
-            db.execute('UPDATE operations SET last_step=?, step_state=?, fields=?, '
-                       'updated_at=? WHERE op_id=?',
-                       (step, state, dumps(op.fields), now, op.id))
+            if getattr(op, 'journalled_version', None) == op.version:
+                db.execute('UPDATE operations SET last_step=?, step_state=?, updated_at=? '
+                           'WHERE op_id=?', (step, state, now, op.id))
+            else:  # the fields changed since the last record: write them too
+                db.execute('UPDATE operations SET last_step=?, step_state=?, fields=?, '
+                           'updated_at=? WHERE op_id=?',
+                           (step, state, dumps(op.fields), now, op.id))
             if extra:
                 extra(db)
-        if self._crash_at == '%s:%s' % (step, state):
+        op.journalled_version = op.version
+        if crash:
             LOG.warning('%s=%s: killing this process now (test only)', CRASH_ENV,
                         self._crash_at)
             os.kill(os.getpid(), signal.SIGKILL)
@@ -169,7 +172,9 @@ class Journal(OutboxStore, StepObserver):
                 db.execute("UPDATE undos SET state='committed' WHERE op_id=? AND state="
                            "'armed'", (op.id,))
                 db.execute('UPDATE operations SET committed=1 WHERE op_id=?', (op.id,))
-        self._record(op, step, 'done', extra)
+        # a done with nothing to arm or commit changes nothing recovery decides (the
+        # step's undo was armed with its start): it goes to disk with the next write
+        self._record(op, step, 'done', extra, wait=bool(entries or commit))
 
     def step_failed(self, op: Any, step: str, exc: BaseException,
                     dropped: Optional[dict] = None) -> None:
@@ -269,6 +274,7 @@ class Journal(OutboxStore, StepObserver):
                     older_than)
 
     def close(self) -> None:
+        self._group.close()
         with self._lock:
             self._db.close()
         self._owner_lock.release()

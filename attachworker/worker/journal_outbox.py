@@ -59,8 +59,18 @@ class OutboxStore:
         rows = self._read('SELECT * FROM outbox WHERE id=?', outbox_id)
         return _decode(rows[0]) if rows else None
 
+    def outbox_state(self, outbox_id: int) -> Optional[tuple]:
+        """(event_id, created_at, sent_at) of a row, None if there is none."""
+        rows = self._read('SELECT event_id, created_at, sent_at FROM outbox WHERE id=?',
+                          outbox_id)
+        return (rows[0]['event_id'], rows[0]['created_at'], rows[0]['sent_at']) \
+            if rows else None
+
     def mark_sent(self, outbox_id: int) -> None:
-        self._write('UPDATE outbox SET sent_at=? WHERE id=?', time.time(), outbox_id)
+        """Not waited for: lost in a crash, the row is published again under the same
+        event id, and the audit store keeps one."""
+        with self._transaction(wait=False) as db:
+            db.execute('UPDATE outbox SET sent_at=? WHERE id=?', (time.time(), outbox_id))
 
     def mark_failed(self, outbox_id: int, error: str) -> bool:
         """Count a failed publication; True when the row is now parked."""
@@ -77,6 +87,13 @@ class OutboxStore:
         for row in self._read('SELECT * FROM outbox WHERE sent_at IS NULL AND parked_at IS '
                               'NULL ORDER BY id'):
             yield _decode(row)
+
+    def outbox_counts(self) -> tuple:
+        """(notifications waiting to be published, parked ones)."""
+        rows = self._read('SELECT parked_at IS NOT NULL AS parked, COUNT(*) AS n FROM outbox '
+                          'WHERE sent_at IS NULL GROUP BY parked_at IS NOT NULL')
+        counts = {bool(row['parked']): row['n'] for row in rows}
+        return counts.get(False, 0), counts.get(True, 0)
 
     def parked(self) -> list:
         return [_decode(r) for r in self._read(

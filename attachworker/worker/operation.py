@@ -27,6 +27,7 @@ import uuid
 from oslo_log import log as logging
 
 from attachworker import exception
+from attachworker import metrics
 from attachworker.worker import undo as undo_rules
 
 LOG = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ class Operation:
         self.action = action
         self.id = str(uuid.uuid4())
         self.fields: dict = {'request_id': request_id, 'host': host}
+        self.version = 0
         self.current_step = 'validate'
         self.stack: list = []
         self._seq = 0
@@ -74,6 +76,7 @@ class Operation:
     # --- identity -----------------------------------------------------------------------
     def update(self, **fields: Any) -> None:
         self.fields.update(fields)
+        self.version += 1  # the journal writes the fields again
 
     def payload(self, final: bool = False) -> dict:
         """The notification fields (what recovery alone needs stays out)."""
@@ -120,9 +123,11 @@ class Operation:
         self._observer.step_started(self, name, entry)  # JournalError: the step never ran
         if entry:
             self.stack.append(entry)
+        started = time.monotonic()
         try:
             result = fn(*args, **kwargs)
         except Exception as exc:
+            self._timed(name, started)
             dropped = None
             if entry and getattr(exc, 'expected', False):
                 entry['state'] = 'dropped'
@@ -132,6 +137,7 @@ class Operation:
             except exception.JournalError as journal_exc:
                 LOG.error('Could not journal the failure of step %s: %s', name, journal_exc)
             raise
+        self._timed(name, started)
         changed = []
         if entry and rearm:
             entry['args'].update(rearm(result))
@@ -143,6 +149,9 @@ class Operation:
         if commit:
             self.commit()
         return result
+
+    def _timed(self, step: str, started: float) -> None:
+        metrics.STEP_SECONDS.labels(self.action, step).observe(time.monotonic() - started)
 
     def commit(self) -> None:
         """The operation is complete: nothing is to be undone any more."""

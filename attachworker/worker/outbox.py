@@ -72,12 +72,11 @@ class Outbox:
                 return False
             self._sending.add(outbox_id)
         try:
-            row = self.journal.outbox_row(outbox_id)
-            if row is None or row['sent_at']:
+            state = self.journal.outbox_state(outbox_id)
+            if state is None or state[2]:
                 return True
             if not self._notifier.notify(ctxt, action, phase, fault=fault,
-                                         event=(row['event_id'], row['created_at']),
-                                         **fields):
+                                         event=state[:2], **fields):
                 if self._notifier.last_failure_is_poison():
                     parked = self.journal.mark_failed(outbox_id,
                                                       self._notifier.last_failure())

@@ -12,6 +12,7 @@ from typing import Optional
 from oslo_log import log as logging
 
 from attachworker import exception
+from attachworker import metrics
 from attachworker.worker import outbox as aw_outbox
 from attachworker.worker.journal_outbox import outcome_event_id
 from attachworker.worker.operation import Operation
@@ -45,6 +46,7 @@ class Outcomes:
                  'step': fault['step'], 'exc': fault['message']},
                 exc_info=not getattr(exc, 'expected', False))
         phase = 'error' if fault else 'end'
+        metrics.count_outcome(op.action, phase)
         payload = op.payload(final=True)
         notification = {'action': op.action, 'phase': phase, 'fields': payload,
                         'fault': fault, 'context': aw_outbox.context_of(ctxt),

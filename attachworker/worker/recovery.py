@@ -30,6 +30,7 @@ from oslo_log import log as logging
 
 from attachworker import context as aw_context
 from attachworker import exception
+from attachworker import metrics
 from attachworker.worker import locks
 from attachworker.worker import undo as undo_rules
 from attachworker.worker.journal_outbox import outcome_event_id
@@ -77,6 +78,7 @@ class Recovery:
                 self._disown(record['op_id'])
                 outcome = 'retry'
             counts[outcome] = counts.get(outcome, 0) + 1
+            metrics.RECOVERED.labels(outcome).inc()
         if counts:
             LOG.info('Recovery: %s', ', '.join('%d %s' % (n, o) for o, n in counts.items()))
         return counts
@@ -179,6 +181,7 @@ class Recovery:
                                          state if state == 'undo_failed' else 'recovered',
                                          fields, notification=notification)
         if notification:
+            metrics.count_outcome(notification['action'], notification['phase'])
             self._outbox.send(outbox_id, ctxt, notification['action'],
                               notification['phase'], notification['fault'],
                               notification['fields'])

@@ -155,3 +155,28 @@ def test_microversion_is_negotiated_once_per_endpoint(conf, ctxt, m):
     assert client.version.get_string() == '3.60'
     assert len([r for r in m.request_history if r.path == '/']) == 1
     assert cinder_requests(m)[-1].headers['OpenStack-API-Version'] == 'volume 3.60'
+
+
+def test_requests_searches_the_environment_only_when_it_configures_something(tmp_path):
+    from keystoneauth1 import session as ks_session
+
+    from attachworker.cinder import lean_session
+
+    home = {'HOME': str(tmp_path), 'PATH': '/usr/bin', 'LANG': 'C.UTF-8'}
+    session = ks_session.Session()
+    assert lean_session(session, home) and session.session.trust_env is False
+    assert session.verify is True
+    for name in ('https_proxy', 'HTTP_PROXY', 'no_proxy', 'ALL_PROXY', 'NETRC'):
+        session = ks_session.Session()
+        assert not lean_session(session, dict(home, **{name: 'x'})), name
+        assert session.session.trust_env is True
+    # a CA bundle from the environment is what a trusting session would verify with
+    session = ks_session.Session()
+    assert lean_session(session, dict(home, REQUESTS_CA_BUNDLE='/etc/ca.pem'))
+    assert session.verify == '/etc/ca.pem'
+    session = ks_session.Session(verify='/etc/mine.pem')  # [cinder] cafile wins, as before
+    assert lean_session(session, dict(home, CURL_CA_BUNDLE='/etc/ca.pem'))
+    assert session.verify == '/etc/mine.pem'
+    (tmp_path / '.netrc').write_text('machine cinder login a password b\n')
+    session = ks_session.Session()
+    assert not lean_session(session, home) and session.session.trust_env is True

@@ -46,9 +46,12 @@ class CrashingJournal(Journal):
         super().__init__(state_path, owner='424242:1')
         self.crash_at = crash_at
 
-    def _record(self, op, step, state, extra=None):
-        super()._record(op, step, state, extra)
-        if (step, state) == self.crash_at:
+    def _record(self, op, step, state, extra=None, wait=True):
+        # a record the crash follows is on disk first (as ATTACHWORKER_TEST_CRASH_AT
+        # makes it); one not waited for and lost is the crash after the step before
+        hit = (step, state) == self.crash_at
+        super()._record(op, step, state, extra, wait=wait or hit)
+        if hit:
             raise Killed('%s:%s' % (step, state))
 
 

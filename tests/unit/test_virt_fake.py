@@ -221,7 +221,7 @@ def test_state_file_is_written_atomically_and_privately(conf, driver):
     driver.attach_volume(None, iscsi_info(), INSTANCE, '/dev/vdb', VOL_A)
     state_dir = os.path.dirname(state_file(conf))
     # no temp file left; .lock is the flock other processes share
-    assert sorted(os.listdir(os.path.dirname(state_dir))) == ['.lock', 'instances']
+    assert sorted(os.listdir(os.path.dirname(state_dir))) == ['.lock', 'instances', 'reserved']
     assert os.listdir(state_dir) == [INSTANCE['uuid'] + '.json']
     assert os.stat(state_file(conf)).st_mode & 0o077 == 0
 
@@ -271,6 +271,30 @@ def test_the_first_releases_single_file_is_split_up(conf):
     assert [(r['volume_id'], r['device']) for r in driver.reservations()] == [
         (VOL_B, '/dev/vdc')]
     assert not os.path.exists(os.path.join(old_dir, 'attachments.json'))
+
+
+def test_reservations_are_found_through_markers_and_the_old_index_is_converted(conf):
+    base = os.path.join(conf.state_path, 'fake-virt')
+    driver = fake.FakeDriver(conf)
+    assert driver.reserve_device_name(INSTANCE['uuid'], VOL_A) == '/dev/vdb'
+    marker = os.path.join(base, 'reserved', INSTANCE['uuid'])
+    assert os.path.exists(marker)
+    driver.release_device_name(INSTANCE['uuid'], VOL_A)
+    assert not os.path.exists(marker) and driver.reservations() == []
+    # the second release's index: reservations.json, turned into markers once
+    driver.reserve_device_name(INSTANCE['uuid'], VOL_B)
+    os.unlink(marker)
+    with open(os.path.join(base, 'reservations.json'), 'w') as f:
+        json.dump({INSTANCE['uuid']: {VOL_B: ['/dev/vdb', 1.0]}}, f)
+    driver = fake.FakeDriver(conf)
+    assert [(r['volume_id'], r['device']) for r in driver.reservations()] == [
+        (VOL_B, '/dev/vdb')]
+    assert os.path.exists(marker)
+    assert not os.path.exists(os.path.join(base, 'reservations.json'))
+    # a marker left by a crash, for an instance without reservations, goes away
+    stray = os.path.join(base, 'reserved', '0c1d2e3f-4a5b-4e7f-8a9b-8f0e3c4a5b6d')
+    open(stray, 'w').close()
+    assert len(driver.reservations()) == 1 and not os.path.exists(stray)
 
 
 def test_capabilities_are_advertised(driver):

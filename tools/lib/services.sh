@@ -26,3 +26,13 @@ ensure_postgresql() {
   for _ in $(seq 1 60); do port_open 5432 && return 0; sleep 1; done
   echo "[services] PostgreSQL did not come up on 127.0.0.1:5432" >&2; return 1
 }
+
+ensure_prometheus_binary() { # the integration suite runs its own Prometheus on loopback
+  if command -v prometheus >/dev/null; then return 0; fi
+  echo "[services] installing Prometheus from apt (its binary only is used)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus \
+    >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+  # where systemd runs, the package starts a system-wide Prometheus: not ours to run
+  if [[ -d /run/systemd/system ]]; then systemctl disable --now prometheus >/dev/null 2>&1 || true; fi
+}
