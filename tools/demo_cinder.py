@@ -1,6 +1,7 @@
 """Small Cinder helper for tools/demo, acting as the user in the OS_* environment.
 
-    python tools/demo_cinder.py create          create a 1 GB volume, wait until available
+    python tools/demo_cinder.py create [TYPE]   create a 1 GB volume (of volume type TYPE),
+                                                wait until it is available
     python tools/demo_cinder.py show VOLUME_ID  print status and attachments as Cinder sees them
 """
 import os
@@ -22,9 +23,9 @@ def cinder():
                                 region_name=os.environ.get('OS_REGION_NAME'))
 
 
-def create():
+def create(volume_type=None):
     c = cinder()
-    volume = c.volumes.create(1, name='attachworker-demo')
+    volume = c.volumes.create(1, name='attachworker-demo', volume_type=volume_type)
     deadline = time.monotonic() + 120
     while volume.status != 'available':
         if volume.status == 'error' or time.monotonic() > deadline:
@@ -47,8 +48,8 @@ def show(volume_id):
 
 
 if __name__ == '__main__':
-    if sys.argv[1:2] == ['create']:
-        create()
+    if sys.argv[1:2] == ['create'] and len(sys.argv) <= 3:
+        create(*sys.argv[2:])
     elif sys.argv[1:2] == ['show'] and len(sys.argv) == 3:
         show(sys.argv[2])
     else:

@@ -8,6 +8,7 @@ DEMO_PASSWORD, ALT_DEMO_PASSWORD, NOVA_PASSWORD.
     cloudctl.py setup-keystone IDS_FILE   # users/projects/roles/catalog; IDs -> IDS_FILE
     cloudctl.py wait-services SECONDS     # until cinder-scheduler and cinder-volume are up
     cloudctl.py check-services            # one look; exit 0 when both are up
+    cloudctl.py pin-default-type BACKEND  # __DEFAULT__ gets volume_backend_name=BACKEND
 """
 import os
 import sys
@@ -135,6 +136,18 @@ def check_services():
     return 0 if _both_up(states) else 1
 
 
+def pin_default_type(backend):
+    """Untyped volumes (type __DEFAULT__) go to BACKEND only. With a second backend (the
+    ceph one of tools/storage-stack) the capacity weigher would pick it: Cinder's fake
+    driver reports 'infinite' capacity, which that weigher ranks last."""
+    from cinderclient import client as cinder_client
+    c = cinder_client.Client('3.0', session=admin_session(), region_name=REGION)
+    vtype = next(t for t in c.volume_types.list(is_public=None) if t.name == '__DEFAULT__')
+    if vtype.get_keys().get('volume_backend_name') != backend:
+        vtype.set_keys({'volume_backend_name': backend})
+    return 0
+
+
 def main(argv):
     if len(argv) >= 2 and argv[0] == 'setup-keystone':
         return setup_keystone(argv[1])
@@ -142,6 +155,8 @@ def main(argv):
         return wait_services(argv[1])
     if argv[:1] == ['check-services']:
         return check_services()
+    if len(argv) >= 2 and argv[0] == 'pin-default-type':
+        return pin_default_type(argv[1])
     print(__doc__, file=sys.stderr)
     return 2
 

@@ -1,0 +1,230 @@
+"""Our own processes, handled one way: for tools/storage-stack now, for the local cloud
+and the RabbitMQ cluster later (issue 12).
+
+A process counts as ours only while its ``/proc/PID/cmdline`` still contains every
+string of its *marker* (a str or a tuple of str; each holds something unique to our
+state directory, e.g. a config file's path). A PID file alone proves nothing: the PID
+may have been reused. Nothing here signals a process that is not ours.
+
+    start(argv, pidfile, marker, log)                 # detached, in its own session
+    start(argv, pidfile, marker, log, daemonizes=True)  # it forks itself and writes pidfile
+    running(pidfile, marker) -> pid or None
+    stop_pidfile(pidfile, marker, label)              # and its descendants: TERM, wait, KILL
+    sweep(marker, label)                              # ours, whatever their PID files say
+
+Reads /proc only (psutil is not in the project's venv; slim images have no ps).
+"""
+import os
+import signal
+import subprocess
+import time
+
+PROC = '/proc'
+
+
+def _markers(marker):
+    return (marker,) if isinstance(marker, str) else tuple(marker)
+
+
+def cmdline(pid):
+    """argv of PID as a list, or None when it is gone (a zombie's is empty: also None)."""
+    try:
+        with open('%s/%d/cmdline' % (PROC, pid), 'rb') as f:
+            raw = f.read()
+    except (OSError, ValueError):
+        return None
+    if not raw:
+        return None
+    return raw.rstrip(b'\0').decode('utf-8', 'replace').split('\0')
+
+
+def is_ours(pid, marker):
+    argv = cmdline(pid) if pid else None
+    if argv is None:
+        return False
+    text = ' '.join(argv) + ' '
+    return all(m in text for m in _markers(marker))
+
+
+def read_pidfile(path):
+    try:
+        with open(path) as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def running(pidfile, marker):
+    """The PID in pidfile if that process is still ours, else None."""
+    pid = read_pidfile(pidfile)
+    return pid if pid and is_ours(pid, marker) else None
+
+
+def _all_pids():
+    for name in os.listdir(PROC):
+        if name.isdigit():
+            yield int(name)
+
+
+def _ppid(pid):
+    try:
+        with open('%s/%d/stat' % (PROC, pid)) as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # "pid (comm) state ppid ...": comm may itself contain spaces and parentheses
+    return int(stat.rsplit(')', 1)[1].split()[1])
+
+
+def descendants(pid):
+    """Every descendant of pid (children first, then theirs), from one pass over /proc."""
+    kids = {}
+    for p in _all_pids():
+        parent = _ppid(p)
+        if parent is not None:
+            kids.setdefault(parent, []).append(p)
+    found, queue = [], [pid]
+    while queue:
+        for child in kids.get(queue.pop(0), ()):
+            found.append(child)
+            queue.append(child)
+    return found
+
+
+def find(marker, exclude=()):
+    """Every process whose cmdline carries marker (never this process)."""
+    skip = set(exclude) | {os.getpid()}
+    return [p for p in _all_pids() if p not in skip and is_ours(p, marker)]
+
+
+def _wait_gone(pids, marker, timeout):
+    deadline = time.monotonic() + timeout
+    left = [p for p in pids if is_ours(p, marker)]
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = [p for p in left if is_ours(p, marker)]
+    return left
+
+
+def _signal(pids, sig):
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def stop(pids, marker, label='process', timeout=20.0, log=print):
+    """TERM the ones of pids that are ours, wait up to timeout, then KILL what is left.
+
+    Returns 'stopped', 'killed' or None (nothing of ours was running).
+    """
+    pids = [p for p in pids if is_ours(p, marker)]
+    if not pids:
+        return None
+    t0 = time.monotonic()
+    _signal(pids, signal.SIGTERM)
+    left = _wait_gone(pids, marker, timeout)
+    if not left:
+        log('stopped %s (pid %s) in %.1fs' % (label, ' '.join(map(str, pids)),
+                                              time.monotonic() - t0))
+        return 'stopped'
+    _signal(left, signal.SIGKILL)
+    still = _wait_gone(left, marker, 5.0)
+    log('killed %s (pid %s) after it ignored SIGTERM for %.0fs%s'
+        % (label, ' '.join(map(str, left)), timeout,
+           ' - STILL THERE: %s' % still if still else ''))
+    return 'killed'
+
+
+def stop_pidfile(pidfile, marker, label, timeout=20.0, log=print, kids_marker=None):
+    """Stop the daemon of pidfile if it is ours, then its descendants that carry
+    kids_marker (default: the same marker); remove the PID file."""
+    pid = running(pidfile, marker)
+    result = None
+    if pid:
+        kids = descendants(pid)
+        result = stop([pid], marker, label, timeout, log)
+        stop(kids, kids_marker or marker, label + ' children', timeout, log)
+    try:
+        os.unlink(pidfile)
+    except FileNotFoundError:
+        pass
+    return result
+
+
+def sweep(marker, label, timeout=20.0, log=print, exclude=()):
+    """Stop every process of ours that carries marker: strays whose PID file is lost."""
+    pids = find(marker, exclude)
+    if pids:
+        stop(pids, marker, 'stray ' + label, timeout, log)
+    return pids
+
+
+class StartError(RuntimeError):
+    pass
+
+
+def _tail(path, lines=15):
+    try:
+        with open(path, errors='replace') as f:
+            return ''.join(f.readlines()[-lines:])
+    except OSError:
+        return ''
+
+
+def start(argv, pidfile, marker, log, env=None, cwd=None, daemonizes=False, timeout=30.0,
+          settle=0.3):
+    """Start argv detached (own session, stdin /dev/null, output appended to log).
+
+    daemonizes=False: argv stays in the foreground; its PID is written to pidfile.
+    daemonizes=True: argv forks into the background and writes pidfile itself (as
+    ``libvirtd -d -p F`` or ``ceph-mon`` do); its first process must exit 0.
+    Either way the PID must carry marker, and still be alive after settle seconds.
+    Returns the daemon's PID; raises StartError with the log's tail otherwise.
+    """
+    for d in {os.path.dirname(pidfile), os.path.dirname(log)}:
+        os.makedirs(d or '.', exist_ok=True)
+    if daemonizes:
+        try:
+            os.unlink(pidfile)
+        except FileNotFoundError:
+            pass
+    with open(log, 'ab') as out:
+        out.write(('--- %s: %s\n' % (time.strftime('%Y-%m-%dT%H:%M:%S'), ' '.join(argv)))
+                  .encode())
+        out.flush()
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                cwd=cwd, env=env, start_new_session=True, close_fds=True)
+    deadline = time.monotonic() + timeout
+    if daemonizes:
+        try:
+            rc = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise StartError('%s did not daemonize within %.0fs; see %s\n%s'
+                             % (argv[0], timeout, log, _tail(log))) from None
+        if rc != 0:
+            raise StartError('%s exited with status %d; see %s\n%s'
+                             % (argv[0], rc, log, _tail(log)))
+        pid = None
+        while time.monotonic() < deadline:
+            pid = running(pidfile, marker)
+            if pid:
+                break
+            time.sleep(0.05)
+    else:
+        pid = proc.pid
+        with open(pidfile + '.tmp', 'w') as f:
+            f.write('%d\n' % pid)
+        os.replace(pidfile + '.tmp', pidfile)
+        # an exec'ing wrapper (setsid, unshare, sh -c exec) shows the marker a moment later
+        while time.monotonic() < deadline and proc.poll() is None and not is_ours(pid, marker):
+            time.sleep(0.05)
+    if pid and settle:
+        time.sleep(settle)
+    if not pid or not is_ours(pid, marker):
+        raise StartError('%s is not running (no live process with %r); see %s\n%s'
+                         % (argv[0], marker, log, _tail(log)))
+    if not daemonizes:
+        proc.returncode = 0   # it outlives us on purpose: no "still running" warning
+    return pid
