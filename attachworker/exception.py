@@ -65,6 +65,13 @@ class InvalidVolume(AttachWorkerException):
     expected = True
 
 
+class VolumeNotExtendable(InvalidVolume):
+    """An extend cast for a volume that is not attached to the instance here and
+    ``in-use`` in Cinder: nothing is asked of the virt driver."""
+
+    msg_fmt = 'Volume %(volume_id)s cannot be extended on this host: %(reason)s'
+
+
 class AttachmentNotFound(AttachWorkerException):
     """Cinder has no such attachment."""
 
@@ -144,6 +151,15 @@ class DeviceInUse(VirtDriverError):
     """The requested device name is already used on the instance."""
 
     msg_fmt = 'Device %(mountpoint)s is already in use on instance %(instance_uuid)s'
+    code = 409
+    expected = True
+
+
+class ExtendVolumeNotSupported(VirtDriverError):
+    """The virt driver cannot resize an attached volume's disk (as Nova's)."""
+
+    msg_fmt = ('The virt driver of this host cannot extend attached volume %(volume_id)s: '
+               '%(reason)s')
     code = 409
     expected = True
 

@@ -17,7 +17,9 @@ step (attachworker.worker.undo says what each does):
 
 Every cast ends with exactly one outcome notification: ``.end``, or ``.error``
 after undoing what was done, naming the step that failed. Nothing raises out of
-an endpoint method: the worker goes on to the next cast.
+an endpoint method: the worker goes on to the next cast. ``detach_volume`` and
+``extend_volume`` go through the same ``_run`` (journal, locks, outcome) with the
+pipelines of attachworker.detach and attachworker.extend.
 """
 import threading
 from typing import Any
@@ -34,6 +36,7 @@ from attachworker import exception
 from attachworker import metrics
 from attachworker import validation
 from attachworker.detach import detach_pipeline
+from attachworker.extend import extend_pipeline
 from attachworker.worker import delivery as aw_delivery
 from attachworker.worker import locks
 from attachworker.worker import outbox
@@ -43,9 +46,10 @@ from attachworker.worker.undo import Compensator
 
 LOG = logging.getLogger(__name__)
 
-RPC_API_VERSION = '1.2'
+RPC_API_VERSION = '1.3'
 ATTACH = 'volume_attach'
 DETACH = 'volume_detach'
+EXTEND = 'volume_extend'
 
 
 class ComputeManager:
@@ -55,7 +59,7 @@ class ComputeManager:
     #: The only methods reachable over RPC, and the action each one notifies (calls
     #: notify nothing: their caller gets the answer, or the error).
     RPC_METHODS = {'attach_volume': ATTACH, 'detach_volume': DETACH,
-                   'reserve_block_device_name': None}
+                   'reserve_block_device_name': None, 'extend_volume': EXTEND}
 
     def __init__(self, conf: cfg.ConfigOpts, cinder_api: Any, virt_driver: Any,
                  outbox: Any, connector: Callable[[], dict]) -> None:
@@ -90,6 +94,16 @@ class ComputeManager:
                       instance, volume_id, attachment_id, unknown,
                       self._conf.worker.max_argument_length),
                   self._detach)
+
+    def extend_volume(self, ctxt: Any, instance: Any = None, volume_id: Any = None,
+                      new_size: Any = None, **unknown: Any) -> None:
+        """Cast (1.3): Cinder extended ``volume_id``; grow its disk in ``instance``
+        (attachworker.extend). The size is Cinder's; ``new_size`` is advisory."""
+        self._run(ctxt, EXTEND, validation.raw_fields(ctxt, instance, volume_id, None, None),
+                  lambda: validation.extend_request(
+                      instance, volume_id, new_size, unknown,
+                      self._conf.worker.max_argument_length),
+                  lambda c, req, op: extend_pipeline(self._cinder, self._driver, c, req, op))
 
     @messaging.expected_exceptions(exception.InvalidInput, exception.VolumeAlreadyAttached,
                                    exception.DeviceInUse, exception.MultiattachNotSupported)

@@ -5,6 +5,7 @@ API version history:
 * 1.0 - Initial version: ``attach_volume`` (cast).
 * 1.1 - Adds ``detach_volume`` (cast).
 * 1.2 - Adds ``reserve_block_device_name`` (call).
+* 1.3 - Adds ``extend_volume`` (cast).
 
 Bump the minor version for every additive change, keep this history, and make the
 new argument conditional on ``can_send_version`` so that ``[upgrade_levels]
@@ -18,7 +19,7 @@ import oslo_messaging as messaging
 
 from attachworker import rpc
 
-RPC_API_VERSION = '1.2'
+RPC_API_VERSION = '1.3'
 #: Seconds a call waits for the worker's answer before MessagingTimeout.
 CALL_TIMEOUT = 60
 
@@ -78,3 +79,18 @@ class ComputeAPI:
         return cctxt.call(ctxt, 'reserve_block_device_name', instance=instance,
                           volume_id=volume_id, device=device, tag=tag,
                           multiattach=multiattach)
+
+    def extend_volume(self, ctxt: Any, host: str, instance: dict, volume_id: str,
+                      new_size: Optional[int] = None) -> None:
+        """Cast (needs 1.3) what Nova does on Cinder's ``volume-extended`` event: the
+        host grows the volume's disk in the instance to the size Cinder reports.
+        ``new_size`` (GiB) is advisory: the worker reads the size from Cinder and
+        logs a difference. The outcome arrives as an ``instance.volume_extend``
+        notification. A cap below 1.3 raises RPCVersionCapError: nothing is sent."""
+        version = '1.3'
+        if not self.client.can_send_version(version):
+            raise messaging.RPCVersionCapError(version=version,
+                                               version_cap=self.client.version_cap)
+        cctxt = self.client.prepare(server=host, version=version)
+        cctxt.cast(ctxt, 'extend_volume', instance=instance, volume_id=volume_id,
+                   new_size=new_size)

@@ -258,3 +258,29 @@ def reserve_request(instance: Any, volume_id: Any, device: Any, tag: Any, multia
             reason='multiattach must be true or false, got %s' % _quote(multiattach))
     return ReserveRequest(instance=checked_instance, volume_id=checked_volume, device=device,
                           tag=tag, multiattach=multiattach)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtendRequest(_Request):
+    """A validated ``extend_volume`` cast. ``new_size`` (GiB) is the caller's word
+    only: the pipeline reads the size from Cinder."""
+
+    instance: dict
+    volume_id: str
+    new_size: Optional[int]
+    attachment_id: Optional[str] = None
+
+
+def extend_request(instance: Any, volume_id: Any, new_size: Any, unknown: dict,
+                   max_length: int) -> ExtendRequest:
+    """Check every argument of an ``extend_volume`` cast; raise InvalidInput."""
+    _no_unknown(unknown)
+    checked_instance = _instance(instance, max_length)
+    checked_volume = _uuid('volume_id', volume_id, max_length)
+    if new_size is not None and (isinstance(new_size, bool) or not isinstance(new_size, int)
+                                 or not 0 < new_size < 2 ** 31):
+        raise exception.InvalidInput(
+            reason='new_size must be a positive number of GiB or null, got %s'
+            % _quote(new_size))
+    return ExtendRequest(instance=checked_instance, volume_id=checked_volume,
+                         new_size=new_size)

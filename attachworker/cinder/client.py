@@ -29,6 +29,7 @@ def _volume_view(volume: Any) -> dict:
     return {
         'id': info.get('id'),
         'status': info.get('status'),
+        'size': info.get('size'),  # GiB
         'attach_status': info.get('attach_status'),
         'multiattach': bool(info.get('multiattach')),
         'availability_zone': info.get('availability_zone'),

@@ -50,7 +50,7 @@ def _filters_arguments(parser) -> None:
     parser.add_argument('--project', dest='by_project_id', help='project id')
     parser.add_argument('--outcome', dest='by_outcome',
                         choices=('pending', 'success', 'error'))
-    parser.add_argument('--action', dest='by_action', choices=('attach', 'detach'))
+    parser.add_argument('--action', dest='by_action', choices=('attach', 'detach', 'extend'))
     parser.add_argument('--since', dest='by_since', type=queries.parse_time,
                         help='ISO 8601 time (UTC unless it has an offset) or an age '
                              'such as 90m, 12h, 7d')

@@ -1,16 +1,19 @@
-"""attachworker-cast: cast an attach or detach to a compute host, optionally wait.
+"""attachworker-cast: cast an attach, detach or extend to a compute host, optionally wait.
 
     attachworker-cast [--config-file F] attach --host H --instance UUID --volume UUID
                       [--mountpoint /dev/vdb] [--mode rw|ro] [--attachment-id UUID]
                       [--wait SECONDS]
     attachworker-cast [--config-file F] detach --host H --instance UUID --volume UUID
                       [--attachment-id UUID] [--wait SECONDS]
+    attachworker-cast [--config-file F] extend --host H --instance UUID --volume UUID
+                      [--new-size GIB] [--wait SECONDS]
 
 Credentials come from the usual ``OS_*`` environment (or ``--os-*`` flags), loaded
 by keystoneauth1; the caller's token, ids, roles and catalog go in the context so
 Cinder judges the request as the caller's. With ``--wait`` the outcome notification
 is printed as JSON; exit status 0 on ``.end``, 1 on ``.error``, 2 on timeout, 3 when
-the caller cannot authenticate or the broker cannot be reached.
+the caller cannot authenticate or the broker cannot be reached, or when
+``[upgrade_levels] compute`` is older than the cast needs (nothing is sent).
 """
 import argparse
 import json
@@ -59,6 +62,16 @@ def build_parser(argv: List[str]) -> argparse.ArgumentParser:
     detach.add_argument('--attachment-id', help='which attachment, if several')
     detach.add_argument('--wait', type=float, metavar='SECONDS',
                         help='wait for the outcome notification and print it')
+    extend = sub.add_parser('extend', help='cast extend_volume to a host, after Cinder '
+                                           'extended the attached volume')
+    extend.add_argument('--host', required=True, help='the compute host ([DEFAULT] host)')
+    extend.add_argument('--instance', required=True, help='instance UUID')
+    extend.add_argument('--volume', required=True, help='Cinder volume UUID')
+    extend.add_argument('--new-size', type=int, metavar='GIB',
+                        help='the size the caller expects (advisory: the host reads it '
+                             'from Cinder)')
+    extend.add_argument('--wait', type=float, metavar='SECONDS',
+                        help='wait for the outcome notification and print it')
     return parser
 
 
@@ -104,9 +117,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             api.attach_volume(ctxt, args.host, instance, args.volume,
                               mountpoint=mountpoint, mode=args.mode,
                               attachment_id=args.attachment_id)
-        else:
+        elif args.action == 'detach':
             api.detach_volume(ctxt, args.host, instance, args.volume,
                               attachment_id=args.attachment_id)
+        else:
+            api.extend_volume(ctxt, args.host, instance, args.volume,
+                              new_size=args.new_size)
         print('cast %s_volume to host %s: request %s' % (args.action, args.host,
                                                         ctxt.request_id), file=sys.stderr)
 
@@ -118,6 +134,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             cast()
             note = watcher.wait(ctxt.request_id, args.wait, on_event=lambda n: print(
                 'received %s' % n.get('event_type'), file=sys.stderr))
+    except messaging.RPCVersionCapError as exc:
+        print('attachworker-cast: not sent: %s_volume needs RPC version %s and '
+              '[upgrade_levels] compute is %s' % (args.action, exc.version, exc.version_cap),
+              file=sys.stderr)
+        return EXIT_USAGE
     except messaging.RemoteError as exc:
         print('attachworker-cast: host %s refused the device reservation: %s: %s'
               % (args.host, exc.exc_type, exc.value), file=sys.stderr)

@@ -86,11 +86,25 @@ class VolumeDetachPayload(PayloadBase):
     fields = dict(_VOLUME_FIELDS)
 
 
-PAYLOADS = {'volume_attach': VolumeAttachPayload, 'volume_detach': VolumeDetachPayload}
+@ovo_base.VersionedObjectRegistry.register_if(False)
+class VolumeExtendPayload(PayloadBase):
+    """The attach/detach fields, plus ``new_size``: the volume's size in GiB as Cinder
+    reports it (the size the disk was grown to; null until read), and ``old_size``:
+    what the host's disk had before, in GiB rounded up (null when the driver cannot
+    tell)."""
+
+    # Version 1.0: initial version
+    VERSION = '1.0'
+    fields = dict(_VOLUME_FIELDS, new_size=fields.IntegerField(nullable=True),
+                  old_size=fields.IntegerField(nullable=True))
+
+
+PAYLOADS = {'volume_attach': VolumeAttachPayload, 'volume_detach': VolumeDetachPayload,
+            'volume_extend': VolumeExtendPayload}
 
 
 def make_payload(action: str, fault: Optional[dict] = None, **values: Any) -> PayloadBase:
-    """Build the payload of ``action`` (``volume_attach``/``volume_detach``).
+    """Build the payload of ``action`` (``volume_attach``/``_detach``/``_extend``).
 
     Every field is set (null when unknown) so consumers always see the same keys.
     Values longer than a sane id are cut: a malformed cast must not make a

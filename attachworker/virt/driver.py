@@ -9,6 +9,8 @@ from typing import Optional
 
 from oslo_config import cfg
 
+from attachworker import exception
+
 
 class VirtDriver(abc.ABC):
     """Connects Cinder volumes to instances on this host.
@@ -30,9 +32,11 @@ class VirtDriver(abc.ABC):
 
     #: What the driver can do, e.g. ``{'supports_multiattach': True,
     #: 'supports_device_naming': True}``. Subclasses override.
+    #: ``supports_extend_volume``: ``extend_volume`` resizes the instance's disk.
     capabilities: dict = {
         'supports_multiattach': False,
         'supports_device_naming': False,
+        'supports_extend_volume': False,
     }
 
     def __init__(self, conf: cfg.ConfigOpts) -> None:
@@ -74,7 +78,8 @@ class VirtDriver(abc.ABC):
               'attached_at': '2026-11-25T10:42:07.123456+00:00'}]
 
         ``flow``, ``attachment_id`` and ``mode`` are those of the ``record`` given at
-        attach (None when it was not given).
+        attach (None when it was not given). A driver that keeps the size the instance
+        sees adds ``size_bytes`` (None when not known yet).
         """
 
     @abc.abstractmethod
@@ -99,3 +104,32 @@ class VirtDriver(abc.ABC):
             [{'instance_uuid': '8f0e...', 'volume_id': 'b120...', 'device': '/dev/vdc',
               'reserved_at': 1764580927.5}]
         """
+
+    def extend_volume(self, context: Any, connection_info: Optional[dict], instance: dict,
+                      volume_id: str, new_size: int) -> Optional[int]:
+        """Make the instance see its attached volume at ``new_size`` **bytes**.
+
+        Nova's ``volume-extended`` event: Cinder has extended the volume, and the
+        caller passes the size Cinder reports (its ``size`` in GiB, in bytes, as
+        Nova's ``requested_size``), never a size from the cast.
+
+        ``connection_info`` is Cinder's connection info of the attachment when the
+        caller has it, else None. The pipeline passes None: attachworker never keeps
+        connection info (it may carry secrets), so a driver finds the storage from
+        its own record of the attachment (the libvirt driver: the disk in the domain
+        XML). The argument keeps Nova's order for drivers whose host device needs
+        fresh connection info to be rescanned.
+
+        Returns the size in bytes the instance saw before, or None when the driver
+        cannot tell. A stopped instance needs nothing: it sees the volume's size when
+        it starts. Never shrinks: a ``new_size`` below what the instance sees is
+        refused; an equal one does nothing, so calling again is harmless. There is
+        no undo: a grown disk is not shrunk back.
+
+        Raises VolumeNotExtendable when the volume is not attached to the instance
+        here, ExtendVolumeNotSupported when the driver cannot resize it (both
+        definite: nothing changed), VirtDriverError otherwise. This default refuses:
+        a driver that can, overrides it and sets ``supports_extend_volume``.
+        """
+        raise exception.ExtendVolumeNotSupported(
+            volume_id=volume_id, reason='%s does not implement it' % type(self).__name__)

@@ -10,11 +10,13 @@ naming and restarts work. An instance's record::
                                       "driver_volume_type": "iscsi",
                                       "access_mode": "rw", "mode": "rw",
                                       "flow": "attachments", "attachment_id": "5d77...",
-                                      "attached_at": "2026-11-25T10:42:07+00:00"}},
+                                      "attached_at": "2026-11-25T10:42:07+00:00",
+                                      "size_bytes": 2147483648}},
      "reservations": {"5d77a1e2-...": "/dev/vdc"},
      "reserved_at": {"5d77a1e2-...": 1764580927.5}}
 
-Only those fields are stored: ``connection_info['data']`` carries CHAP secrets.
+``size_bytes`` is the size the last ``extend_volume`` gave the disk (absent before
+one). Only those fields are stored: ``connection_info['data']`` carries CHAP secrets.
 Every call takes the store's lock and re-reads its instance's file, so the worker's
 threads and other processes never overwrite each other's records.
 """
@@ -70,7 +72,8 @@ def _check_connection_info(info: Any) -> tuple[str, str]:
 
 
 class FakeDriver(driver.VirtDriver):
-    capabilities = {'supports_multiattach': True, 'supports_device_naming': True}
+    capabilities = {'supports_multiattach': True, 'supports_device_naming': True,
+                    'supports_extend_volume': True}
 
     def __init__(self, conf: cfg.ConfigOpts) -> None:
         super().__init__(conf)
@@ -165,9 +168,35 @@ class FakeDriver(driver.VirtDriver):
         LOG.info('Detached volume %(vol)s from instance %(inst)s at %(mp)s',
                  {'vol': volume_id, 'inst': instance_uuid, 'mp': detached['mountpoint']})
 
+    def extend_volume(self, context: Any, connection_info: Optional[dict], instance: dict,
+                      volume_id: str, new_size: int) -> Optional[int]:
+        instance_uuid = instance['uuid']
+
+        def change(state: dict) -> Optional[int]:
+            current = self._instance(state, instance_uuid)['attachments'].get(volume_id)
+            if current is None:
+                raise exception.VolumeNotExtendable(
+                    volume_id=volume_id,
+                    reason='it is not attached to instance %s' % instance_uuid)
+            old = current.get('size_bytes')
+            if old is not None and new_size < old:
+                raise exception.VolumeNotExtendable(
+                    volume_id=volume_id, reason='the disk has %d bytes already; %d would '
+                    'shrink it' % (old, new_size))
+            current['size_bytes'] = new_size
+            return old
+
+        with self._locked():
+            old = self._update(instance_uuid, change)
+        LOG.info('Extended volume %(vol)s of instance %(inst)s to %(size)d bytes (was %(old)s)',
+                 {'vol': volume_id, 'inst': instance_uuid, 'size': new_size,
+                  'old': 'unknown' if old is None else old})
+        return old
+
     def get_attachments(self, instance_uuid: str) -> list[dict]:
         with self._locked():
-            records = list(self._store.load(instance_uuid)['attachments'].values())
+            records = [dict({'size_bytes': None}, **record) for record in
+                       self._store.load(instance_uuid)['attachments'].values()]
         # /dev/vdz before /dev/vdaa, as the disks were handed out.
         return sorted(records, key=lambda r: (len(r['mountpoint']), r['mountpoint']))
 

@@ -14,7 +14,9 @@ service token (the caller's token may have expired and was never stored):
 * with ``[worker] recovery_action = finish``, an attach whose driver had attached
   is completed by its journalled *resume* entry, when that succeeds;
 * otherwise every armed entry runs; a detach the host had begun is finished by
-  its *finish* entry rather than rolled back.
+  its *finish* entry rather than rolled back. An operation with nothing armed (an
+  extend, whose only change has no undo; any cast stopped before its first change)
+  runs nothing, and is not run again.
 
 Either way the cast gets exactly one terminal notification: ``.end``, or
 ``.error`` with fault step ``recovery``. An operation whose undo fails stays
@@ -104,6 +106,7 @@ class Recovery:
         compensator = undo_rules.Compensator(lambda: self._cinder.client(ctxt), self._driver,
                                              ctxt, self._journal.attachments_in_use)
         failed: list = []
+        nothing = False  # the stack had nothing to run (an extend has no undo)
         if record['committed']:
             state = 'completed'
         elif record['state'] == 'undo_failed' and self._journal.superseded(record):
@@ -115,9 +118,13 @@ class Recovery:
         elif self._resumed(record, stack, compensator):
             state = 'completed'
         else:
+            # an operation with no undo (an extend, or one stopped before its first
+            # change) ends .error too, and nothing of it is run again
+            nothing = not any(e['state'] in ('armed', 'failed')
+                              and e['kind'] != undo_rules.RESUME for e in stack)
             failed, finished = self._replay(record['op_id'], stack, compensator)
             state = 'undo_failed' if failed else ('completed' if finished else 'undone')
-        self._conclude(record, ctxt, fields, state, failed)
+        self._conclude(record, ctxt, fields, state, failed, nothing)
         return state
 
     def _resumed(self, record: dict, stack: list, compensator: Any) -> bool:
@@ -150,7 +157,7 @@ class Recovery:
                 op_id, entry, 'failed' if error else 'done'))
 
     def _conclude(self, record: dict, ctxt: Any, fields: dict, state: str,
-                  failed: list) -> None:
+                  failed: list, nothing_to_undo: bool = False) -> None:
         """Journal the outcome and send the cast's one terminal notification.
 
         An operation whose ``.error`` already went out (its undo had failed) gets
@@ -166,10 +173,14 @@ class Recovery:
         if record['state'] == 'running':  # an .error was already sent for undo_failed
             fault = None
             if state != 'completed':
+                if state != 'undone':
+                    how = 'only partly undone (%s failed)' % ', '.join(failed)
+                elif nothing_to_undo:
+                    how = 'left as it was (it had nothing to undo)'
+                else:
+                    how = 'undone'
                 exc = Interrupted(step=record['last_step'] or 'start',
-                                  state=record['step_state'] or 'not started',
-                                  outcome='undone' if state == 'undone' else
-                                  'only partly undone (%s failed)' % ', '.join(failed))
+                                  state=record['step_state'] or 'not started', outcome=how)
                 fault = {'exception': type(exc).__name__, 'message': str(exc),
                          'step': 'recovery', 'code': exc.code}
             payload = {k: v for k, v in fields.items() if k != 'connector'}

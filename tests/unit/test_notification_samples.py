@@ -80,3 +80,35 @@ def test_detach_start_and_end_match_samples(make_manager, cinder_mock, notificat
     _fix(end, cinder_mock)
     check('instance-volume_detach-start', start)
     check('instance-volume_detach-end', end)
+
+
+def _extend_ready(conf, cinder_mock, size):
+    from tests.unit.test_extend import mark_attached
+    mark_attached(conf, cinder_mock, instance=INSTANCE, size=size)
+
+
+def test_extend_start_and_end_match_samples(make_manager, cinder_mock, notifications, conf):
+    ctxt = aw_context.RequestContext(auth_token='t', project_id=PROJECT,
+                                     user_id=INSTANCE['user_id'])
+    _extend_ready(conf, cinder_mock, 1)
+    make_manager().extend_volume(ctxt, INSTANCE, cinder_mock.volume_id, new_size=1)
+    cinder_mock.volume['size'] = 2  # extended again: the host knows the size it had
+    make_manager().extend_volume(ctxt, INSTANCE, cinder_mock.volume_id, new_size=2)
+    (_, _, _, start), (_, _, _, end) = notifications()[-2:]
+    _fix(start, cinder_mock)
+    _fix(end, cinder_mock)
+    assert (end['payload']['attachworker_object.data']['old_size'],
+            end['payload']['attachworker_object.data']['new_size']) == (1, 2)
+    check('instance-volume_extend-start', start)
+    check('instance-volume_extend-end', end)
+
+
+def test_extend_error_matches_sample(make_manager, cinder_mock, notifications, conf):
+    ctxt = aw_context.RequestContext(auth_token='t', project_id=PROJECT,
+                                     user_id=INSTANCE['user_id'])
+    _extend_ready(conf, cinder_mock, 2)
+    cinder_mock.fail('GET', '/volumes/' + cinder_mock.volume_id, 503)
+    make_manager().extend_volume(ctxt, INSTANCE, cinder_mock.volume_id, new_size=2)
+    error = notifications()[-1][3]
+    _fix(error, cinder_mock)
+    check('instance-volume_extend-error', error)

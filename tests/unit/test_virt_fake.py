@@ -56,7 +56,7 @@ def test_attachment_record_has_the_contract_fields(driver):
     assert attached_at.tzinfo is not None
     assert record == {'volume_id': VOL_A, 'mountpoint': '/dev/vdb',
                       'driver_volume_type': 'iscsi', 'access_mode': 'ro', 'mode': 'ro',
-                      'flow': None, 'attachment_id': None}
+                      'flow': None, 'attachment_id': None, 'size_bytes': None}
 
 
 def test_the_record_of_how_it_was_attached_is_kept(driver):

@@ -22,6 +22,7 @@ from attachworker.virt import driver
 from attachworker.virt.libvirt import brick
 from attachworker.virt.libvirt import disk
 from attachworker.virt.libvirt import errors
+from attachworker.virt.libvirt import extend
 from attachworker.virt.libvirt import guest as guest_mod
 from attachworker.virt.libvirt import host as host_mod
 from attachworker.virt.libvirt import naming
@@ -33,7 +34,7 @@ LOG = logging.getLogger(__name__)
 class LibvirtDriver(driver.VirtDriver):
     capabilities = {'supports_multiattach': True,    # <shareable/> disks
                     'supports_device_naming': True,  # from the guest's own XML
-                    'supports_extend_volume': False}  # not yet
+                    'supports_extend_volume': True}   # RBD disks of running guests
 
     def __init__(self, conf: cfg.ConfigOpts) -> None:
         super().__init__(conf)
@@ -232,6 +233,12 @@ class LibvirtDriver(driver.VirtDriver):
                 del recs[volume_id]
                 guest.write_records(recs)
             self._reservations.drop(guest.uuid, volume_id)
+
+    # --- extend (attachworker.virt.libvirt.extend) ---------------------------------------
+
+    def extend_volume(self, context: Any, connection_info: Optional[dict], instance: dict,
+                      volume_id: str, new_size: int) -> Optional[int]:
+        return extend.extend(self._guest(instance['uuid']), volume_id, new_size)
 
     # --- what is attached ---------------------------------------------------------------
 

@@ -58,6 +58,17 @@ class Guest:
         with self._call('attach the disk'):
             self.dom.attachDeviceFlags(disk_xml, records.flags(self.dom))
 
+    def block_size(self, target: str) -> int:
+        """The capacity of disk ``target`` (``sdb``) as QEMU sees it now, in bytes."""
+        with self._call('read the size of disk %s' % target):
+            return int(self.dom.blockInfo(target)[0])
+
+    def block_resize(self, target: str, size: int) -> None:
+        """Make the running guest's disk ``target`` ``size`` bytes (QEMU's
+        block_resize: for RBD it also resizes the image, to the size Cinder gave it)."""
+        with self._call('resize disk %s to %d bytes' % (target, size)):
+            self.dom.blockResize(target, size, host_mod.libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
+
     def records(self) -> dict:
         with self._call('read the attachworker metadata'):
             return records.read(self.dom)

@@ -46,6 +46,7 @@ class FakeLibvirt:
     VIR_DOMAIN_AFFECT_CONFIG = 2
     VIR_DOMAIN_XML_INACTIVE = 2
     VIR_DOMAIN_METADATA_ELEMENT = 2
+    VIR_DOMAIN_BLOCK_RESIZE_BYTES = 1
     VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED = 15
     VIR_DOMAIN_EVENT_ID_DEVICE_REMOVAL_FAILED = 22
     VIR_ERR_INTERNAL_ERROR = 1
@@ -173,6 +174,9 @@ class FakeGuest:
         self.meta = {'live': {}, 'config': {}}
         self.mode, self.late_after, self.busy_error, self.delay = 'ack', 2, False, 0.3
         self.attach_error = None      # raised by the next attachDeviceFlags
+        self.resize_error = None      # raised by the next blockResize
+        self.sizes = {}               # target -> bytes QEMU sees (1 GiB unless set)
+        self.resizes = []             # (disk, size, flags) of every blockResize
         self.requests = []            # (method, xml, flags)
         self.live_detach_requests = 0
         self._pending = set()
@@ -343,6 +347,34 @@ class FakeDomain:
             threading.Timer(g.delay, g.remove, args=(target, alias, True)).start()
             return
         g.remove(target, alias, g.mode != 'silent')
+
+    def _live_disk(self, target):
+        g = self.guest
+        if not g.active:
+            raise libvirtError('Requested operation is not valid: domain is not running',
+                               FakeLibvirt.VIR_ERR_OPERATION_INVALID)
+        if _find(ET.fromstring(g.live), target) is None:
+            raise libvirtError("invalid argument: invalid path %s not assigned to domain"
+                               % target, 8)
+
+    def blockInfo(self, path, flags=0):  # noqa: N802
+        self._check()
+        self._live_disk(path)
+        size = self.guest.sizes.get(path, 1024 ** 3)
+        return [size, size, size]
+
+    def blockResize(self, disk, size, flags=0):  # noqa: N802
+        self._check()
+        g = self.guest
+        with g.lib.lock:
+            g.resizes.append((disk, size, flags))
+            self._live_disk(disk)
+            if g.resize_error is not None:
+                error, g.resize_error = g.resize_error, None
+                raise error
+            assert flags & FakeLibvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES, 'size in KiB?'
+            g.sizes[disk] = size
+        return 0
 
     def metadata(self, type, uri, flags=0):  # noqa: A002 - libvirt's name
         self._check()
