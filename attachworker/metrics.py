@@ -126,8 +126,7 @@ class _JournalCollector:
             return []
         try:
             backlog, parked = journal.outbox_counts()
-            orphans = len(journal.orphans())
-            undo_failed = len(journal.list(('undo_failed',), limit=100000))
+            orphans, undo_failed = journal.unfinished_counts()
         except exception.JournalError as exc:
             LOG.warning('Metrics: cannot read the journal: %s', exc)
             return []

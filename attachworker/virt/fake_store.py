@@ -22,7 +22,11 @@ from typing import Any
 from typing import Callable
 from typing import Iterator
 
+from oslo_log import log as logging
+
 from attachworker import exception
+
+LOG = logging.getLogger(__name__)
 
 EMPTY = {'attachments': {}, 'reservations': {}, 'reserved_at': {}}
 
@@ -102,12 +106,16 @@ class Store:
         new = copy.deepcopy(old)
         result = change(new)
         if new != old:
+            # the marker exists whenever the file holds a reservation: made before
+            # the file gains its first, removed after it lost its last
+            if new['reservations']:
+                self._index_instance(instance_uuid, new)
             if new['attachments'] or new['reservations']:
                 _write(self._instances, self.path(instance_uuid), new)
             elif os.path.exists(self.path(instance_uuid)):
                 os.unlink(self.path(instance_uuid))
-            if (new['reservations'], new['reserved_at']) != (old['reservations'],
-                                                            old['reserved_at']):
+                _fsync_dir(self._instances)
+            if not new['reservations']:
                 self._index_instance(instance_uuid, new)
         return result
 
@@ -131,7 +139,14 @@ class Store:
         """{instance uuid: {volume id: [device, reserved_at]}} (lock held)."""
         found = {}
         for instance_uuid in sorted(os.listdir(self._reserved)):
-            inst = self.load(instance_uuid)
+            try:
+                inst = self.load(instance_uuid)
+            except exception.AttachWorkerException as exc:
+                # one bad file must not hide every other reservation (nor stop the
+                # housekeeping round this runs in)
+                LOG.error('Reservations of instance %s cannot be read: %s', instance_uuid,
+                          exc)
+                continue
             if inst['reservations']:
                 found[instance_uuid] = {
                     vol: [device, inst['reserved_at'].get(vol, 0.0)]

@@ -1,28 +1,49 @@
 """Group commit: one SQLite connection shared by every thread of the worker, where each
 write returns only once a COMMIT (an fsync, ``synchronous = FULL``) covers it, and
-one COMMIT covers every write made while the previous one was on its way to disk.
+one COMMIT covers every write that queued up while the previous one was running.
 
 With one COMMIT per write, 64 threads take turns at the disk and the journal caps the
-worker at one fsync per step. Here a writer runs its statements at once inside the
+worker at one fsync per write. Here a writer runs its statements at once inside the
 open transaction (in a SAVEPOINT of its own, so that its failure undoes its writes
-only), then waits; the commit thread commits what has gathered, and everyone whose
-writes it held goes on. Nothing returns before it is on disk: the durability of each
-write is unchanged, only fsyncs are shared.
+only), then waits for its batch to be settled; the commit thread commits what has
+gathered, and everyone whose writes it held goes on. Nothing returns before it is on
+disk: the durability of each write is unchanged, only fsyncs are shared. (The
+COMMIT holds the connection: writers queue behind it and form the next batch.)
 
-A failed COMMIT is rolled back, and every write of that batch fails (JournalError in
-the journal), as a COMMIT of its own would have.
+Failure is per batch, and each writer keeps its own batch: a failed COMMIT is rolled
+back and every write of that batch fails, as a COMMIT of its own would have; a
+statement error that makes SQLite roll the whole transaction back (SQLITE_FULL,
+SQLITE_IOERR...) fails the batch at once, and the next write begins a new one.
+
+Readers of this connection see writes not yet committed: what must only see
+committed rows uses a connection of its own (Journal's reader).
 """
 import contextlib
 import sqlite3
 import threading
 from typing import Iterator
+from typing import Optional
 
 from oslo_log import log as logging
 
 LOG = logging.getLogger(__name__)
 
-#: Failed batches remembered for their writers to read (a few are plenty).
-_FAILURES_KEPT = 64
+
+class _Batch:
+    __slots__ = ('settled', 'error')
+
+    def __init__(self) -> None:
+        self.settled = False
+        self.error: Optional[BaseException] = None
+
+
+def _copy(error: BaseException) -> BaseException:
+    """A fresh exception for each writer (one instance raised in many threads would
+    have its traceback rewritten under them)."""
+    try:
+        return type(error)(*error.args)
+    except Exception:  # noqa: BLE001 - an exception type with another signature
+        return sqlite3.OperationalError(str(error))
 
 
 class GroupCommit:
@@ -31,12 +52,9 @@ class GroupCommit:
         #: the connection: statements and the COMMIT run under it
         self.lock = threading.Lock()
         mutex = threading.Lock()
-        self._cond = threading.Condition(mutex)  # writers: a batch is settled
-        self._wake = threading.Condition(mutex)  # the commit thread: there is work
-        self._open = False        # a transaction holds writes not yet committed
-        self._batch = 0           # the open (or last) batch
-        self._committed = 0       # batches up to this one are settled
-        self._failed: dict = {}   # batch -> the error its COMMIT raised
+        self._settled = threading.Condition(mutex)  # writers: a batch is settled
+        self._wake = threading.Condition(mutex)     # the commit thread: there is work
+        self._batch: Optional[_Batch] = None        # the open batch (lock held)
         self._wanted = False
         self._closed = False
         self._thread = threading.Thread(target=self._run, name='journal-commit',
@@ -55,36 +73,65 @@ class GroupCommit:
         with self.lock:
             if self._closed:
                 raise sqlite3.ProgrammingError('the journal is closed')
-            if not self._open:
+            self._check_open()
+            if self._batch is None:
+                if self._db.in_transaction:  # a failed COMMIT whose ROLLBACK failed too
+                    self._db.execute('ROLLBACK')
                 self._db.execute('BEGIN IMMEDIATE')
-                self._open = True
-                self._batch += 1
+                self._batch = _Batch()
             batch = self._batch
-            self._db.execute('SAVEPOINT w')
             try:
-                yield self._db
-                self._db.execute('RELEASE w')
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    self._db.execute('ROLLBACK TO w')
+                self._db.execute('SAVEPOINT w')
+                try:
+                    yield self._db
                     self._db.execute('RELEASE w')
+                except BaseException:
+                    if self._db.in_transaction:
+                        with contextlib.suppress(sqlite3.Error):
+                            self._db.execute('ROLLBACK TO w')
+                        with contextlib.suppress(sqlite3.Error):
+                            self._db.execute('RELEASE w')
+                    raise
+            finally:
+                self._check_open()
                 self._want_commit()  # the transaction must not stay open
-                raise
-        self._want_commit()
         if not wait:
             return
-        with self._cond:
-            while self._committed < batch:
-                self._cond.wait()
-            error = self._failed.get(batch)
-        if error is not None:
-            raise error
+        with self._settled:
+            while not batch.settled:
+                self._settled.wait()
+        if batch.error is not None:
+            raise _copy(batch.error)
+
+    def sync(self) -> None:
+        """Return once what was written before this call is settled."""
+        with self.lock:
+            batch = self._batch
+        if batch is None:
+            return
+        self._want_commit()
+        with self._settled:
+            while not batch.settled:
+                self._settled.wait()
+
+    def _check_open(self) -> None:
+        """SQLite rolled the open batch back by itself: it failed (lock held)."""
+        if self._batch is not None and not self._db.in_transaction:
+            self._settle(self._batch, sqlite3.OperationalError(
+                'the journal transaction was rolled back by SQLite'))
+            self._batch = None
 
     def _want_commit(self) -> None:
         with self._wake:
             if not self._wanted:
                 self._wanted = True
                 self._wake.notify()
+
+    def _settle(self, batch: _Batch, error: Optional[BaseException]) -> None:
+        with self._settled:
+            batch.error = error
+            batch.settled = True
+            self._settled.notify_all()
 
     def _run(self) -> None:
         while True:
@@ -102,23 +149,25 @@ class GroupCommit:
 
     def _commit(self) -> None:
         with self.lock:
-            if not self._open:
+            self._check_open()
+            batch, self._batch = self._batch, None
+            if batch is None:
                 return
-            batch, error = self._batch, None
+            error: Optional[BaseException] = None
             try:
                 self._db.execute('COMMIT')
-            except sqlite3.Error as exc:
+            except BaseException as exc:  # whatever it is, the batch is settled
                 error = exc
                 with contextlib.suppress(sqlite3.Error):
-                    self._db.execute('ROLLBACK')
-            self._open = False
-        with self._cond:
-            if error is not None:
-                self._failed[batch] = error
-                while len(self._failed) > _FAILURES_KEPT:
-                    del self._failed[min(self._failed)]
-            self._committed = batch
-            self._cond.notify_all()
+                    if self._db.in_transaction:
+                        self._db.execute('ROLLBACK')
+                if self._db.in_transaction:
+                    LOG.error('The journal cannot roll a failed COMMIT back (%s); its '
+                              'writes may yet be committed by a later batch', exc)
+                if not isinstance(exc, Exception):
+                    raise
+            finally:
+                self._settle(batch, error)
 
     def close(self) -> None:
         """Commit what is pending, stop the commit thread; later writes fail."""

@@ -17,10 +17,10 @@ in the environment, the process kills itself with SIGKILL right after journallin
 that step state, as a power cut would.
 """
 import contextlib
-import json
 import os
 import signal
 import sqlite3
+import threading
 import time
 from typing import Any
 from typing import Iterator
@@ -32,6 +32,7 @@ from attachworker import exception
 from attachworker.worker import locks
 from attachworker.worker.group_commit import GroupCommit
 from attachworker.worker.journal_outbox import OutboxStore
+from attachworker.worker.journal_queries import JournalQueries
 from attachworker.worker.journal_schema import SCHEMA
 from attachworker.worker.journal_schema import dumps
 from attachworker.worker.journal_schema import upgrade
@@ -43,7 +44,7 @@ CRASH_ENV = 'ATTACHWORKER_TEST_CRASH_AT'
 TERMINAL = ('completed', 'failed', 'undone', 'recovered', 'duplicate')
 
 
-class Journal(OutboxStore, StepObserver):
+class Journal(JournalQueries, OutboxStore, StepObserver):
     """Thread-safe; one per process. Its owner lock proves the process is alive."""
 
     def __init__(self, state_path: str, owner: Optional[str] = None) -> None:
@@ -61,6 +62,12 @@ class Journal(OutboxStore, StepObserver):
         upgrade(self._db)
         self._group = GroupCommit(self._db)
         self._lock = self._group.lock  # the connection, for reads
+        # a second connection sees committed rows only (WAL): for what acks a cast
+        # or publishes a notification on the strength of a row
+        self._reader = sqlite3.connect(self.path, check_same_thread=False, timeout=30,
+                                       isolation_level=None)
+        self._reader.row_factory = sqlite3.Row
+        self._reader_lock = threading.Lock()
         self._crash_at = os.environ.get(CRASH_ENV)
 
     @contextlib.contextmanager
@@ -78,6 +85,13 @@ class Journal(OutboxStore, StepObserver):
         with self._transaction() as db:
             return db.execute(sql, params)
 
+    def _read_committed(self, sql: str, *params: Any) -> list:
+        try:
+            with self._reader_lock:
+                return [dict(row) for row in self._reader.execute(sql, params).fetchall()]
+        except sqlite3.Error as exc:
+            raise exception.JournalError(reason=str(exc)) from exc
+
     def _read(self, sql: str, *params: Any) -> list:
         try:
             with self._lock:
@@ -91,24 +105,32 @@ class Journal(OutboxStore, StepObserver):
         """Record a new operation (and its first undo); False: ``unique_id`` is known,
         this delivery is a duplicate of a cast already journalled."""
         now = time.time()
-        try:
-            with self._transaction() as db:
-                db.execute('INSERT INTO operations (op_id, request_id, unique_id, action, '
-                           'state, owner, fields, context, created_at, updated_at) '
-                           'VALUES (?,?,?,?,?,?,?,?,?,?)',
-                           (op.id, op.fields['request_id'], unique_id, op.action, 'running',
-                            self.owner, dumps(op.fields), dumps(context), now, now))
-                if entry:
-                    self._arm(db, op.id, entry)
-        except exception.JournalError as exc:
-            if unique_id and isinstance(exc.__cause__, sqlite3.IntegrityError):
-                return False
-            raise
+        for attempt in (1, 2):
+            try:
+                with self._transaction() as db:
+                    db.execute('INSERT INTO operations (op_id, request_id, unique_id, '
+                               'action, state, owner, fields, context, created_at, '
+                               'updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)',
+                               (op.id, op.fields['request_id'], unique_id, op.action,
+                                'running', self.owner, dumps(op.fields), dumps(context),
+                                now, now))
+                    if entry:
+                        self._arm(db, op.id, entry)
+                break
+            except exception.JournalError as exc:
+                if not (unique_id and isinstance(exc.__cause__, sqlite3.IntegrityError)):
+                    raise
+                # the row it collides with may be another thread's, not yet committed
+                self._group.sync()
+                if self.known_cast(unique_id) or attempt == 2:
+                    return False
         op.journalled_version = getattr(op, 'version', None)
         return True
 
     def known_cast(self, unique_id: str) -> bool:
-        return bool(self._read('SELECT 1 FROM operations WHERE unique_id=?', unique_id))
+        """Is this cast journalled (committed: a redelivery it answers is acked)?"""
+        return bool(self._read_committed('SELECT 1 FROM operations WHERE unique_id=?',
+                                         unique_id))
 
     def finish(self, op_id: str, state: str, fields: Optional[dict] = None,
                notification: Optional[dict] = None) -> Optional[int]:
@@ -139,12 +161,13 @@ class Journal(OutboxStore, StepObserver):
                 wait: bool = True) -> None:
         now = time.time()
         crash = self._crash_at == '%s:%s' % (step, state)
-        # the step, its undo and the summary together
-        with self._transaction(wait or crash) as db:
+        changed = getattr(op, 'journalled_version', None) != op.version
+        # the step, its undo and the summary together; new fields are always waited for
+        with self._transaction(wait or crash or changed) as db:
             db.execute('INSERT INTO steps (op_id, seq, step, state, at) VALUES '
                        '(?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM steps WHERE op_id=?), '
                        '?, ?, ?)', (op.id, op.id, step, state, now))
-            if getattr(op, 'journalled_version', None) == op.version:
+            if not changed:
                 db.execute('UPDATE operations SET last_step=?, step_state=?, updated_at=? '
                            'WHERE op_id=?', (step, state, now, op.id))
             else:  # the fields changed since the last record: write them too
@@ -192,64 +215,6 @@ class Journal(OutboxStore, StepObserver):
             db.execute('UPDATE undos SET state=? WHERE op_id=? AND seq=?',
                        (state, op_id, entry['seq']))
 
-    def stack(self, op_id: str) -> list:
-        """Every undo entry of an operation, decoded, in seq order."""
-        rows = self._read('SELECT seq, step, name, kind, args, state FROM undos '
-                          'WHERE op_id=? ORDER BY seq', op_id)
-        for row in rows:
-            row['args'] = json.loads(row['args'])
-        return rows
-
-    def steps(self, op_id: str) -> list:
-        return self._read('SELECT step, state, at FROM steps WHERE op_id=? ORDER BY seq',
-                          op_id)
-
-    def get(self, key: str) -> Optional[dict]:
-        """One operation, by our op id or by its request id (the newest one)."""
-        rows = self._read('SELECT * FROM operations WHERE op_id=? OR request_id=? '
-                          'ORDER BY created_at DESC LIMIT 1', key, key)
-        return _decode(rows[0]) if rows else None
-
-    def list(self, states: Optional[tuple] = None, limit: int = 100) -> list:
-        if states:
-            marks = ','.join('?' * len(states))
-            rows = self._read('SELECT * FROM operations WHERE state IN (%s) '
-                              'ORDER BY created_at DESC LIMIT ?' % marks, *states, limit)
-        else:
-            rows = self._read('SELECT * FROM operations ORDER BY created_at DESC LIMIT ?',
-                              limit)
-        return [_decode(r) for r in rows]
-
-    def orphans(self, states: tuple = ('running',)) -> list:
-        """Operations in ``states`` whose owner process is gone (or is this one, for
-        anything but ``running``: a live process retries its own failed undos)."""
-        return [op for op in self.list(states, limit=100000)
-                if (op['owner'] == self.owner and states != ('running',))
-                or not locks.owner_alive(self.state_path, op['owner'])]
-
-    def attachments_in_use(self) -> set:
-        """Attachment ids that unfinished operations hold, whoever runs them: their
-        cast's, and those their undo entries name."""
-        ids = set()
-        for op in self.list(('running', 'undo_failed'), limit=100000):
-            if op['fields'].get('attachment_id'):
-                ids.add(op['fields']['attachment_id'])
-            for entry in self.stack(op['op_id']):
-                if entry['args'].get('attachment_id'):
-                    ids.add(entry['args']['attachment_id'])
-        return ids
-
-    def superseded(self, record: dict) -> bool:
-        """Did a later operation on the same instance and volume complete? (An extend
-        does not count: it changes nothing of whether the volume is attached.)"""
-        fields = record['fields']
-        for op in self.list(('completed',), limit=1000):
-            if (op['created_at'] > record['created_at'] and op['action'] != 'volume_extend'
-                    and op['fields'].get('instance_uuid') == fields.get('instance_uuid')
-                    and op['fields'].get('volume_id') == fields.get('volume_id')):
-                return True
-        return False
-
     def claim(self, op_id: str, previous_owner: str, state: str = 'running') -> bool:
         """Take over an orphan; False when another process took it first."""
         cursor = self._write('UPDATE operations SET owner=?, updated_at=? '
@@ -278,10 +243,7 @@ class Journal(OutboxStore, StepObserver):
         self._group.close()
         with self._lock:
             self._db.close()
+        with self._reader_lock:
+            self._reader.close()
         self._owner_lock.release()
 
-
-def _decode(row: dict) -> dict:
-    row['fields'] = json.loads(row['fields'])
-    row['context'] = json.loads(row['context'])
-    return row

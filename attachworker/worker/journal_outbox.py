@@ -84,8 +84,11 @@ class OutboxStore:
         return bool(row and row[0])
 
     def unsent(self) -> Iterator[dict]:
-        for row in self._read('SELECT * FROM outbox WHERE sent_at IS NULL AND parked_at IS '
-                              'NULL ORDER BY id'):
+        # committed rows only (another thread's row may yet be rolled back), once
+        # what was written before (a mark_sent not waited for) is settled
+        self._group.sync()
+        for row in self._read_committed('SELECT * FROM outbox WHERE sent_at IS NULL AND '
+                                        'parked_at IS NULL ORDER BY id'):
             yield _decode(row)
 
     def outbox_counts(self) -> tuple:

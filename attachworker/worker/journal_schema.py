@@ -101,9 +101,14 @@ def dumps(value: Any) -> str:
     keys occurs in it, and every key and string of ``value`` is in its JSON text
     verbatim when that text is pure ASCII (no ``\\u`` escape). So the JSON text is
     searched once, and only a value where a key occurs (or any non-ASCII) is masked.
+    Only for values JSON knows as they are: anything else (a set, bytes, a Mapping
+    that is not a dict) oslo.utils walks differently, so it takes the slow path.
     """
-    text = json.dumps(value, default=str)
-    if _SECRET_KEYS is not None and '\\u' not in text:
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = None
+    if text is not None and _SECRET_KEYS is not None and '\\u' not in text:
         lowered = text.lower()
         if not any(key in lowered for key in _SECRET_KEYS):
             return text

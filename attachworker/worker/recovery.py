@@ -65,10 +65,13 @@ class Recovery:
             if stop is not None and stop.is_set():
                 LOG.info('Recovery stopped: the worker is stopping')
                 break
-            if not self._journal.claim(record['op_id'], record['owner'], record['state']):
-                continue
             fields = record['fields']
             try:
+                # a claim the journal could not record may still be on disk: disowned
+                # below, so that the next round (of any process) takes it up again
+                if not self._journal.claim(record['op_id'], record['owner'],
+                                           record['state']):
+                    continue
                 with locks.instance_lock(self._conf.state_path,
                                          fields.get('instance_uuid') or 'none'), \
                         locks.volume_lock(self._conf.state_path,

@@ -60,6 +60,7 @@ class WorkerService:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         if not self._start_up():
+            self.close_journal()
             LOG.info('attachworker-compute stopped during start-up recovery')
             return 0
         if not rpc.start_server(self._server, self._stop, self._conf, 'attachworker-compute'):
@@ -79,6 +80,7 @@ class WorkerService:
         timer.cancel()
         self._manager.retry_unjournalled()
         self._outbox.flush()
+        self.close_journal()
         LOG.info('attachworker-compute stopped')
         return 0
 
@@ -102,8 +104,11 @@ class WorkerService:
     def housekeeping(self, recover: bool) -> None:
         """Recovery (when asked), queued notifications, journal pruning; never raises."""
         try:
-            self._manager.retry_unjournalled()
             self._manager.expire_reservations()
+        except Exception:  # noqa: BLE001 - recovery and the outbox must still run
+            LOG.exception('Expiring device reservations failed; retried next round')
+        try:
+            self._manager.retry_unjournalled()
             if recover:
                 self._recovery.run(self._stop)
             self._outbox.flush()
@@ -132,15 +137,22 @@ class WorkerService:
         killer.daemon = True
         killer.start()
 
-    @staticmethod
-    def _exit_now() -> None:
+    def _exit_now(self) -> None:
         LOG.error('Operations still hang %d s after the abort: exiting; the next start '
                   'recovers them from the journal', ABORT_GRACE)
-        WorkerService.exit_now(0)
+        self.exit_now(0)
 
-    @staticmethod
-    def exit_now(code: int) -> None:
-        """Exit at once, logs flushed, whatever threads still run."""
+    def close_journal(self) -> None:
+        """Commit the journal's pending writes (those not waited for: a step's done,
+        a notification marked sent) and close it."""
+        try:
+            self._outbox.journal.close()
+        except Exception as exc:  # noqa: BLE001 - exiting anyway
+            LOG.warning('Could not close the journal cleanly: %s', exc)
+
+    def exit_now(self, code: int) -> None:
+        """Exit at once, journal and logs flushed, whatever threads still run."""
+        self.close_journal()
         LOG.info('attachworker-compute stopped')
         for handler in logging_std.getLogger().handlers:
             handler.flush()

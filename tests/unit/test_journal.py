@@ -285,3 +285,24 @@ def test_manage_journal_shows_parked_notifications_and_the_undo_stack(tmp_path):
     shown = subprocess.run([script, '--config-file', str(config), 'journal', 'show',
                             'req-stack'], capture_output=True, text=True)
     assert 'unreserve' in shown.stdout and 'vol-1' in shown.stdout and 'armed' in shown.stdout
+
+
+def test_known_cast_sees_committed_casts_only(tmp_path):
+    """A redelivery is acked on the strength of a journalled cast: never of one another
+    thread is still writing (a kill before its COMMIT would lose the cast)."""
+    import threading
+    import time
+
+    journal = Journal(str(tmp_path))
+    gate = threading.Event()
+    commit = journal._group._commit
+    journal._group._commit = lambda: (gate.wait(10), commit())
+    op = Operation('volume_attach', 'req-pending', 'h1', observer=journal)
+    writer = threading.Thread(target=journal.begin, args=(op, {}, 'uid-pending'))
+    writer.start()
+    time.sleep(0.2)
+    assert not journal.known_cast('uid-pending')
+    gate.set()
+    writer.join(10)
+    assert journal.known_cast('uid-pending')
+    journal.close()

@@ -1,11 +1,36 @@
 """The journal's JSON writer masks exactly as oslo.utils does, through its fast path
 and its slow one alike."""
+import collections.abc
 import json
 
 from oslo_utils import strutils
 import pytest
 
 from attachworker.worker.journal_schema import dumps
+
+
+class Creds(dict):
+    pass
+
+
+class View(collections.abc.Mapping):
+    """A Mapping that is not a dict, whose str() hides its keys."""
+
+    def __init__(self, data):
+        self._data = data
+
+    def __getitem__(self, key):
+        return self._data[key]
+
+    def __iter__(self):
+        return iter(self._data)
+
+    def __len__(self):
+        return len(self._data)
+
+    def __str__(self):
+        return 'View(...)'
+
 
 VALUES = [
     {'request_id': 'req-1', 'volume_id': 'b1204e0c-1', 'mountpoint': '/dev/vdb'},
@@ -24,6 +49,9 @@ VALUES = [
     ['token=abc', {'secret': 'x'}],
     None,
     42,
+    {'ids': {1, 2}, 'raw': b'bytes', 'r': range(2)},  # what JSON does not know as is
+    {'auth': View({'password': 'hunter2'})},
+    {'auth': Creds(password='hunter2')},
 ]
 
 

@@ -12,6 +12,7 @@ from attachworker import exception
 from attachworker import virt
 import attachworker.conf
 from attachworker.virt import fake
+from attachworker.virt import fake_store
 
 INSTANCE = {'uuid': '8f0e3c4a-5b6d-4e7f-8a9b-0c1d2e3f4a5b', 'project_id': 'p1'}
 OTHER_INSTANCE = {'uuid': '1a2b3c4d-0000-4000-8000-000000000002'}
@@ -331,3 +332,27 @@ def test_two_drivers_on_one_state_never_overwrite_each_other(conf, driver):
     assert {a['volume_id'] for a in driver.get_attachments(INSTANCE['uuid'])} == {VOL_A, VOL_B}
     other.detach_volume(None, INSTANCE, '/dev/vdb', VOL_A)
     assert [a['volume_id'] for a in driver.get_attachments(INSTANCE['uuid'])] == [VOL_B]
+
+
+def test_a_crash_between_a_reservations_file_and_its_marker_loses_nothing(conf, monkeypatch):
+    """The marker exists whenever the file holds a reservation: made before the file
+    gains its first, removed after the file lost its last."""
+    driver = fake.FakeDriver(conf)
+    marker = os.path.join(conf.state_path, 'fake-virt', 'reserved', INSTANCE['uuid'])
+
+    def crash(*args):
+        raise exception.VirtDriverError(reason='killed')
+    real_write = fake_store._write
+    monkeypatch.setattr(fake_store, '_write', crash)
+    with pytest.raises(exception.VirtDriverError):
+        driver.reserve_device_name(INSTANCE['uuid'], VOL_A)
+    assert os.path.exists(marker)  # made first; the file never got the reservation
+    assert driver.reservations() == [] and not os.path.exists(marker)  # cleaned
+    monkeypatch.setattr(fake_store, '_write', real_write)
+    driver.reserve_device_name(INSTANCE['uuid'], VOL_A)
+    monkeypatch.setattr(fake_store, '_write', crash)
+    with pytest.raises(exception.VirtDriverError):  # the attach that uses it dies
+        driver.attach_volume(None, iscsi_info(), INSTANCE, '/dev/vdb', VOL_A)
+    # the file still has the reservation, so its marker is still there: expiry finds it
+    assert [r['volume_id'] for r in driver.reservations()] == [VOL_A]
+    assert os.path.exists(marker)

@@ -31,9 +31,12 @@ from typing import Any
 from typing import Iterator
 from typing import Optional
 
+from oslo_log import log as logging
 from oslo_utils import uuidutils
 
 from attachworker import exception
+
+LOG = logging.getLogger(__name__)
 
 #: Highest number of names handed out per bus (virtio-scsi: 256 units; Nova's cap).
 MAX_DEVICES = 256
@@ -149,8 +152,14 @@ class Reservations:
             instance_uuid, ext = os.path.splitext(name)
             if ext != '.json' or not uuidutils.is_uuid_like(instance_uuid):
                 continue
-            with self.locked(instance_uuid):
-                held = self.load(instance_uuid)
+            try:
+                with self.locked(instance_uuid):
+                    held = self.load(instance_uuid)
+            except exception.AttachWorkerException as exc:
+                # one bad file must not hide every other reservation from expiry
+                LOG.error('Reservations of instance %s cannot be read: %s', instance_uuid,
+                          exc)
+                continue
             for volume_id, entry in sorted(held.items()):
                 found.append({'instance_uuid': instance_uuid, 'volume_id': volume_id,
                               'device': entry['device'],

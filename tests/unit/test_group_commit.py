@@ -1,0 +1,195 @@
+"""Group commit never says a write is on disk when it is not, never says it failed when
+it is on disk, and never leaves a writer waiting: under COMMIT failures, SQLite rolling
+a whole transaction back, and many threads."""
+import os
+import sqlite3
+import threading
+import time
+
+import pytest
+
+from attachworker.worker.group_commit import GroupCommit
+
+
+def connect(path):
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+    db.execute('PRAGMA journal_mode=WAL')
+    db.execute('PRAGMA synchronous=FULL')
+    return db
+
+
+@pytest.fixture
+def path(tmp_path):
+    p = str(tmp_path / 'j.sqlite')
+    db = connect(p)
+    db.execute('CREATE TABLE t (k TEXT PRIMARY KEY)')
+    db.execute('CREATE TABLE big (x BLOB)')
+    db.close()
+    return p
+
+
+def on_disk(path):
+    other = sqlite3.connect(path)
+    try:
+        return {k for (k,) in other.execute('SELECT k FROM t')}
+    finally:
+        other.close()
+
+
+class FailingCommits:
+    """A connection whose COMMITs fail while ``failing`` is set (a full or broken disk)."""
+
+    def __init__(self, db):
+        self._db = db
+        self.failing = True
+
+    @property
+    def in_transaction(self):
+        return self._db.in_transaction
+
+    def execute(self, sql, *args):
+        if sql == 'COMMIT' and self.failing:
+            time.sleep(0.001)
+            raise sqlite3.OperationalError('disk I/O error')
+        return self._db.execute(sql, *args)
+
+
+def hammer(group, threads, writes, wait=True):
+    told = {}
+
+    def run(n):
+        for i in range(writes):
+            key = '%d-%d' % (n, i)
+            try:
+                with group.write(wait) as db:
+                    db.execute('INSERT INTO t VALUES (?)', (key,))
+                told[key] = 'ok'
+            except sqlite3.Error:
+                told[key] = 'error'
+    workers = [threading.Thread(target=run, args=(n,)) for n in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+    assert not any(w.is_alive() for w in workers), 'a writer never returned'
+    return told
+
+
+def test_failing_commits_never_report_a_write_as_done(path):
+    db = connect(path)
+    conn = FailingCommits(db)
+    group = GroupCommit(conn)
+    told = hammer(group, threads=64, writes=20)
+    conn.failing = False
+    group.close()
+    disk = on_disk(path)
+    lied = [k for k, v in told.items() if v == 'ok' and k not in disk]
+    assert not lied, '%d writes told ok are not on disk' % len(lied)
+    assert set(told.values()) == {'error'}
+
+
+def test_every_write_told_ok_is_on_disk_and_every_error_is_not(path):
+    db = connect(path)
+    conn = FailingCommits(db)
+    conn.failing = False
+    group = GroupCommit(conn)
+
+    def flap():
+        for _ in range(200):
+            conn.failing = not conn.failing
+            time.sleep(0.002)
+        conn.failing = False
+    flapper = threading.Thread(target=flap)
+    flapper.start()
+    told = hammer(group, threads=16, writes=40)
+    flapper.join()
+    group.close()
+    disk = on_disk(path)
+    assert [k for k, v in told.items() if v == 'ok' and k not in disk] == []
+    assert [k for k, v in told.items() if v == 'error' and k in disk] == []
+    assert 'ok' in told.values() and 'error' in told.values()
+
+
+def test_a_transaction_sqlite_rolled_back_fails_its_batch_and_the_next_write_is_true(path):
+    db = connect(path)
+    group = GroupCommit(db)
+    gate = threading.Event()
+    commit = group._commit
+    group._commit = lambda: (gate.wait(10), commit())  # writers gather in one batch
+    results = {}
+
+    def writer(name, sql):
+        try:
+            with group.write() as c:
+                c.execute(sql)
+            results[name] = 'ok'
+        except sqlite3.Error as exc:
+            results[name] = 'error: %s' % exc
+    first = threading.Thread(target=writer, args=('w1', "INSERT INTO t VALUES ('w1')"))
+    first.start()
+    time.sleep(0.2)
+    db.execute('PRAGMA max_page_count=%d' % db.execute('PRAGMA page_count').fetchone()[0])
+    writer('w2', 'INSERT INTO big VALUES (zeroblob(200000))')  # SQLITE_FULL: all gone
+    assert not db.in_transaction  # SQLite rolled the whole batch back, w1's row too
+    db.execute('PRAGMA max_page_count=1000000')
+    third = threading.Thread(target=writer, args=('w3', "INSERT INTO t VALUES ('w3')"))
+    third.start()
+    time.sleep(0.2)
+    gate.set()
+    first.join(10)
+    third.join(10)
+    group.close()
+    assert results['w1'].startswith('error') and results['w2'].startswith('error')
+    assert results['w3'] == 'ok', results
+    assert on_disk(path) == {'w3'}
+
+
+def test_an_unexpected_commit_error_still_settles_the_batch(path):
+    db = connect(path)
+
+    class Weird(FailingCommits):
+        def execute(self, sql, *args):
+            if sql == 'COMMIT' and self.failing:
+                self.failing = False
+                raise MemoryError('out of memory')
+            return self._db.execute(sql, *args)
+    group = GroupCommit(Weird(db))
+    done = []
+
+    def write():
+        try:
+            with group.write() as c:
+                c.execute("INSERT INTO t VALUES ('x')")
+            done.append('ok')
+        except MemoryError:
+            done.append('error')
+    writer = threading.Thread(target=write)
+    writer.start()
+    writer.join(10)
+    assert not writer.is_alive() and done == ['error']
+    with group.write() as c:  # and the journal goes on
+        c.execute("INSERT INTO t VALUES ('y')")
+    group.close()
+    assert on_disk(path) == {'y'}
+
+
+def test_writes_not_waited_for_are_on_disk_after_close(path):
+    group = GroupCommit(connect(path))
+    for i in range(50):
+        with group.write(wait=False) as c:
+            c.execute('INSERT INTO t VALUES (?)', (str(i),))
+    group.close()
+    assert len(on_disk(path)) == 50
+    with pytest.raises(sqlite3.ProgrammingError):
+        with group.write() as c:
+            c.execute("INSERT INTO t VALUES ('late')")
+
+
+def test_sync_waits_for_what_was_written_before(path):
+    group = GroupCommit(connect(path))
+    with group.write(wait=False) as c:
+        c.execute("INSERT INTO t VALUES ('a')")
+    group.sync()
+    assert on_disk(path) == {'a'}
+    group.close()
+    assert os.path.exists(path)
