@@ -103,10 +103,16 @@ class OutcomeWatcher:
                  queue: Optional[str] = None) -> None:
         self._url = broker_url(conf)
         self._ssl = ssl_options(conf)
+        rabbit = conf.oslo_messaging_rabbit
+        # as oslo.messaging declares it, or the declaration is refused
+        # (PRECONDITION_FAILED): quorum queues make its exchanges durable
         self._exchange = kombu.Exchange(
             conf.control_exchange, type='topic',
-            durable=conf.oslo_messaging_rabbit.amqp_durable_queues,
-            auto_delete=conf.oslo_messaging_rabbit.amqp_auto_delete)
+            durable=rabbit.amqp_durable_queues or rabbit.rabbit_quorum_queue,
+            auto_delete=rabbit.amqp_auto_delete)
+        #: a named queue on a cluster with quorum queues is one too: a classic one
+        #: lives on one node and cannot be declared while that node is down
+        self._quorum = rabbit.rabbit_quorum_queue
         self._topic = topic
         self._queue_name = queue
         self._connection: Any = None
@@ -120,9 +126,10 @@ class OutcomeWatcher:
         bindings = [kombu.binding(self._exchange, routing_key='%s.%s' % (self._topic, p))
                     for p in PRIORITIES]
         if self._queue_name:
-            self._queue = kombu.Queue(self._queue_name, bindings=bindings, durable=True,
-                                      auto_delete=False, exclusive=False,
-                                      expires=QUEUE_EXPIRES)
+            self._queue = kombu.Queue(
+                self._queue_name, bindings=bindings, durable=True, auto_delete=False,
+                exclusive=False, expires=QUEUE_EXPIRES,
+                queue_arguments={'x-queue-type': 'quorum'} if self._quorum else None)
         else:
             self._queue = kombu.Queue(
                 'attachworker-watch-%s-%d' % (socket.gethostname(), time.monotonic_ns()),

@@ -35,18 +35,38 @@ DEFAULT_EXCHANGE = 'attachworker'
 #: keeps every thread busy; more only holds casts that wait for a thread (a kill
 #: returns them to the queue, where they are safe anyway) and their memory.
 PREFETCH = 64
+#: ``rabbit_quorum_delivery_limit`` (oslo.messaging: 0, no limit; RabbitMQ 4 applies
+#: 20 itself), used only with ``rabbit_quorum_queue``. RabbitMQ 3.10 and 4 count a
+#: delivery each time a message goes back to its queue: a requeue, or a consumer
+#: connection lost before the ack. The worker acks a cast once journalled, so a cast is
+#: counted only if the worker's connection or process dies between its delivery and
+#: its journal write: once per node failure or crash at most (tests/cluster). 20
+#: drops a cast that kills the worker before it is journalled after 20 crashes instead
+#: of never, and keeps the meaning of RabbitMQ 4's default on 3.x. Changing it later
+#: means deleting the queues (it is a queue argument); -1 is "no limit" on RabbitMQ 4
+#: only: 3.10 drops the message at its first redelivery. The audit consumer's
+#: requeues while its database is down count too (README, RabbitMQ cluster).
+QUORUM_DELIVERY_LIMIT = 20
+#: ``kombu_reconnect_delay`` (oslo.messaging: 1.0 s), slept before every reconnection
+#: attempt. With oslo.messaging 18.3.1 and kombu 5.7 the RPC listener of a busy worker
+#: whose node died needed 7-11 s to consume again with 1.0 (its attempts are cut short
+#: by its own poll timeout, 1 ms after a message and doubling), 1-2.5 s with 0.1.
+RECONNECT_DELAY = 0.1
+RABBIT_DEFAULTS = {'rabbit_qos_prefetch_count': PREFETCH,
+                   'rabbit_quorum_delivery_limit': QUORUM_DELIVERY_LIMIT,
+                   'kombu_reconnect_delay': RECONNECT_DELAY}
 
 
 def set_defaults(conf: cfg.ConfigOpts) -> None:
     """attachworker never shares Nova's exchange: default ``control_exchange``;
-    and the worker never pulls more casts than it has threads for."""
+    the worker never pulls more casts than it has threads for; RABBIT_DEFAULTS."""
     messaging.set_transport_defaults(control_exchange=DEFAULT_EXCHANGE)
     for opt in impl_rabbit.rabbit_opts:
-        if opt.dest == 'rabbit_qos_prefetch_count':
-            opt.default = PREFETCH
+        if opt.dest in RABBIT_DEFAULTS:
+            opt.default = RABBIT_DEFAULTS[opt.dest]
     for name, group, value in (('control_exchange', None, DEFAULT_EXCHANGE),
-                               ('rabbit_qos_prefetch_count', 'oslo_messaging_rabbit',
-                                PREFETCH)):
+                               *((name, 'oslo_messaging_rabbit', value)
+                                 for name, value in RABBIT_DEFAULTS.items())):
         try:  # already registered on this conf: change its default too
             conf.set_default(name, value, group=group)
         except (cfg.NoSuchOptError, cfg.NoSuchGroupError):
