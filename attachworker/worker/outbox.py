@@ -101,6 +101,9 @@ class Outbox:
         """Publish what could not be published before; stop at a broker outage."""
         sent = 0
         for row in self.journal.unsent():
+            with self._lock:
+                if row['id'] in self._sending:
+                    continue  # a pipeline thread is publishing it right now
             ctxt = aw_context.RequestContext(overwrite=False, **{
                 k: v for k, v in row['context'].items()
                 if v is not None and k in aw_context.REDACTED_KEYS})

@@ -350,6 +350,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default backlog (5) refuses connections when 64 worker threads
+    # open new ones at once (urllib3 keeps 10 per pool): a stand-in must not
+    request_queue_size = 256
     allow_reuse_address = True
 
     def __init__(self, address: tuple, fake: FakeCinder) -> None:
