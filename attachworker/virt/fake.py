@@ -34,6 +34,7 @@ from oslo_utils import strutils
 from attachworker import exception
 from attachworker.virt import driver
 from attachworker.virt import fake_store
+from attachworker.virt import state_files
 
 LOG = logging.getLogger(__name__)
 
@@ -42,16 +43,6 @@ ROOT_DEVICE = '/dev/vda'
 DEVICE_PREFIX = '/dev/vd'
 # sdb, vdc, xvdd, vdaa...: whole disks only, nothing a path trick could escape with.
 _DEVICE_RE = re.compile(r'^/dev/[a-z]*d[a-z]+$')
-
-
-def _letters(index: int) -> str:
-    """0 -> 'a', 25 -> 'z', 26 -> 'aa': the suffixes Linux gives disks."""
-    name = ''
-    index += 1
-    while index:
-        index, rest = divmod(index - 1, 26)
-        name = chr(ord('a') + rest) + name
-    return name
 
 
 def _check_device(device: str) -> None:
@@ -217,9 +208,9 @@ class FakeDriver(driver.VirtDriver):
                 chosen = device
             else:
                 index = 1  # 'a' is the root disk
-                while self._holder(inst, DEVICE_PREFIX + _letters(index)) is not None:
+                while self._holder(inst, DEVICE_PREFIX + state_files.letters(index)) is not None:
                     index += 1
-                chosen = DEVICE_PREFIX + _letters(index)
+                chosen = DEVICE_PREFIX + state_files.letters(index)
             inst['reservations'][volume_id] = chosen
             inst.setdefault('reserved_at', {})[volume_id] = time.time()
             return chosen

@@ -16,7 +16,6 @@ import copy
 import fcntl
 import json
 import os
-import tempfile
 import threading
 from typing import Any
 from typing import Callable
@@ -25,33 +24,12 @@ from typing import Iterator
 from oslo_log import log as logging
 
 from attachworker import exception
+from attachworker.virt.state_files import fsync_dir as _fsync_dir
+from attachworker.virt.state_files import write_json as _write
 
 LOG = logging.getLogger(__name__)
 
 EMPTY = {'attachments': {}, 'reservations': {}, 'reserved_at': {}}
-
-
-def _write(directory: str, path: str, value: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.write-', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'w', encoding='utf-8') as f:
-            json.dump(value, f, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(directory)  # the rename is durable once this is
-    except OSError as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise exception.VirtDriverError(reason='cannot write %s: %s' % (path, exc)) from exc
-
-
-def _fsync_dir(directory: str) -> None:
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _read(path: str, default: Any) -> Any:

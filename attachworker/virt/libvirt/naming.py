@@ -25,7 +25,6 @@ import contextlib
 import fcntl
 import json
 import os
-import tempfile
 import time
 from typing import Any
 from typing import Iterator
@@ -35,21 +34,13 @@ from oslo_log import log as logging
 from oslo_utils import uuidutils
 
 from attachworker import exception
+from attachworker.virt import state_files
+from attachworker.virt.state_files import letters
 
 LOG = logging.getLogger(__name__)
 
 #: Highest number of names handed out per bus (virtio-scsi: 256 units; Nova's cap).
 MAX_DEVICES = 256
-
-
-def letters(index: int) -> str:
-    """0 -> 'a', 25 -> 'z', 26 -> 'aa': the suffixes Linux gives disks."""
-    name = ''
-    index += 1
-    while index:
-        index, rest = divmod(index - 1, 26)
-        name = chr(ord('a') + rest) + name
-    return name
 
 
 def next_free(prefix: str, used: set) -> Optional[str]:
@@ -116,22 +107,7 @@ class Reservations:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
             return
-        fd, tmp = tempfile.mkstemp(dir=self._dir, prefix='.write-', suffix='.tmp')
-        try:
-            with os.fdopen(fd, 'w', encoding='utf-8') as f:
-                json.dump(held, f, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            dir_fd = os.open(self._dir, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise exception.VirtDriverError(reason='cannot write %s: %s' % (path, exc)) from exc
+        state_files.write_json(self._dir, path, held)
 
     def add(self, instance_uuid: str, volume_id: str, device: str) -> None:
         held = self.load(instance_uuid)
