@@ -72,6 +72,23 @@ class VolumeNotExtendable(InvalidVolume):
     msg_fmt = 'Volume %(volume_id)s cannot be extended on this host: %(reason)s'
 
 
+class VolumeNotRefreshable(InvalidVolume):
+    """``volume_attachment refresh`` of a volume this host and Cinder do not both show
+    attached to the instance, with the same attachment: nothing is changed."""
+
+    msg_fmt = 'The attachment of volume %(volume_id)s cannot be refreshed: %(reason)s'
+
+
+class InstanceNotStopped(AttachWorkerException):
+    """The refresh changes the instance's disk: its guest must not be running
+    (nova-manage's rule). Nothing is changed."""
+
+    msg_fmt = ('Instance %(instance_uuid)s must be stopped to refresh the connection of '
+               'volume %(volume_id)s: %(reason)s')
+    code = 409
+    expected = True
+
+
 class AttachmentNotFound(AttachWorkerException):
     """Cinder has no such attachment."""
 
@@ -147,6 +164,14 @@ class VirtDriverError(AttachWorkerException):
     msg_fmt = 'Virt driver failed: %(reason)s'
 
 
+class InstanceNotFound(VirtDriverError):
+    """The virt driver has no such instance on this host."""
+
+    msg_fmt = 'Instance %(instance_uuid)s is not on this host'
+    code = 404
+    expected = True
+
+
 class DeviceInUse(VirtDriverError):
     """The requested device name is already used on the instance."""
 
@@ -160,6 +185,15 @@ class ExtendVolumeNotSupported(VirtDriverError):
 
     msg_fmt = ('The virt driver of this host cannot extend attached volume %(volume_id)s: '
                '%(reason)s')
+    code = 409
+    expected = True
+
+
+class RefreshNotSupported(VirtDriverError):
+    """The virt driver cannot give an attached volume new connection info."""
+
+    msg_fmt = ('The virt driver of this host cannot refresh the connection of volume '
+               '%(volume_id)s: %(reason)s')
     code = 409
     expected = True
 

@@ -1,25 +1,17 @@
-"""The compute manager: the RPC endpoint and the attach pipeline.
+"""The compute manager: the RPC endpoint, and how every operation runs.
 
-``attach_volume`` is the whole attach, top to bottom, each undo named beside its
-step (attachworker.worker.undo says what each does):
+Each operation goes through ``_run``:
 
 1. validate the cast and its context (nothing is called before every argument is
    checked); journal it, then let the broker forget it;
-2. under the instance's and the volume's lock (shared by every process of the
-   host): get the volume, check the controller's attachment if the cast names
-   one, check the volume can be attached (a duplicate of an attach already done
-   answers ``.end`` and changes nothing);
-3. gather this host's connector properties;
-4. Cinder: attachments flow (attachment_create unless the controller reserved,
-   attachment_update) or legacy flow (reserve, initialize_connection);
-5. the virt driver attaches, keeping the record of how (flow, attachment, mode);
-6. Cinder: attachment_complete, or legacy attach. The volume is ``in-use``.
+2. notify ``.start``; under the instance's and the volume's lock (shared by every
+   process of the host) run its pipeline: attachworker.attach, .detach, .extend,
+   or .refresh (``attachworker-manage volume_attachment refresh``, not an RPC
+   method).
 
-Every cast ends with exactly one outcome notification: ``.end``, or ``.error``
+Every operation ends with exactly one outcome notification: ``.end``, or ``.error``
 after undoing what was done, naming the step that failed. Nothing raises out of
-an endpoint method: the worker goes on to the next cast. ``detach_volume`` and
-``extend_volume`` go through the same ``_run`` (journal, locks, outcome) with the
-pipelines of attachworker.detach and attachworker.extend.
+an endpoint method: the worker goes on to the next cast.
 """
 import threading
 from typing import Any
@@ -30,13 +22,14 @@ from oslo_config import cfg
 from oslo_log import log as logging
 import oslo_messaging as messaging
 
-from attachworker import checks
 from attachworker import devices
 from attachworker import exception
 from attachworker import metrics
 from attachworker import validation
+from attachworker.attach import attach_pipeline
 from attachworker.detach import detach_pipeline
 from attachworker.extend import extend_pipeline
+from attachworker.refresh import refresh_pipeline
 from attachworker.worker import delivery as aw_delivery
 from attachworker.worker import locks
 from attachworker.worker import outbox
@@ -50,6 +43,7 @@ RPC_API_VERSION = '1.3'
 ATTACH = 'volume_attach'
 DETACH = 'volume_detach'
 EXTEND = 'volume_extend'
+REFRESH = 'volume_refresh'
 
 
 class ComputeManager:
@@ -126,22 +120,35 @@ class ComputeManager:
                                          unknown, self._conf.worker.max_argument_length)
         return devices.reserve(self._conf, self._driver, req)
 
+    def refresh_connection(self, ctxt: Any, instance_uuid: Any, volume_id: Any,
+                           connector: Optional[dict] = None) -> Optional[Operation]:
+        """Not an RPC method: ``attachworker-manage volume_attachment refresh``
+        (attachworker.refresh). The operation, whose ``ended`` says how it ended."""
+        return self._run(ctxt, REFRESH, validation.raw_fields(ctxt, {'uuid': instance_uuid},
+                                                              volume_id, None, None),
+                         lambda: validation.refresh_request(
+                             instance_uuid, volume_id, self._conf.worker.max_argument_length),
+                         lambda c, req, op: refresh_pipeline(
+                             self._cinder, self._driver, self._connector, c, req, op,
+                             connector))
+
     def expire_reservations(self) -> int:
         """Not an RPC method: release device names no attach used in time."""
         return devices.expire(self._conf, self._driver)
 
     def _run(self, ctxt: Any, action: str, raw: dict, validate: Callable[[], Any],
-             pipeline: Callable[[Any, Any, Operation], None]) -> None:
+             pipeline: Callable[[Any, Any, Operation], None]) -> Optional[Operation]:
         """Validate, journal (then ack), notify ``.start``, run ``pipeline`` under the
         locks, and end with exactly one ``.end`` or ``.error`` (after the undos, still
-        under the locks: nothing of this instance or volume runs in between)."""
+        under the locks: nothing of this instance or volume runs in between). The
+        operation, or None when it was not run (stopping, or a cast delivered again)."""
         ctxt.update_store()  # log lines carry the cast's request id
         delivery = aw_delivery.current()
         if self.abort.is_set():
             # stopping: a cast not yet journalled goes back to the queue, for the
             # next start, instead of failing at its first step
             delivery.release()
-            return
+            return None
         op = Operation(action, ctxt.request_id, self._conf.host, self.abort, self._journal)
         op.update(**raw)
         req, invalid = None, None
@@ -157,13 +164,13 @@ class ComputeManager:
                 LOG.info('Cast %s was delivered again; it is already journalled',
                          delivery.unique_id)
                 delivery.ack()
-                return
+                return None
         except exception.JournalError as exc:
             invalid = invalid or exc
         delivery.ack()
         if invalid is not None:
             self._outcomes.finish(ctxt, op, 'failed', invalid)
-            return
+            return op
         self._outbox.notify(ctxt, action, 'start', **op.payload())
         with metrics.IN_FLIGHT.labels(action).track_inprogress(), \
                 locks.instance_lock(self._conf.state_path, req.instance_uuid), \
@@ -172,13 +179,14 @@ class ComputeManager:
                 pipeline(ctxt, req, op)
             except Exception as exc:  # noqa: BLE001 - every cast ends with an outcome
                 self._failed(ctxt, op, exc)
-                return
+                return op
             LOG.info('%(action)s of volume %(volume)s on instance %(instance)s done '
                      '(device %(dev)s, %(flow)s flow)',
                      {'action': action, 'volume': req.volume_id,
                       'instance': req.instance_uuid, 'dev': op.fields.get('mountpoint'),
                       'flow': op.fields.get('flow')})
             self._outcomes.finish(ctxt, op, 'completed')
+        return op
 
     def _failed(self, ctxt: Any, op: Operation, exc: Exception) -> None:
         if getattr(exc, 'touch_nothing', False):
@@ -214,107 +222,13 @@ class ComputeManager:
             'attachment_id': attachment_id, 'volume_id': req.volume_id,
             'instance_uuid': req.instance_uuid, 'ours': False}))
 
-    # --- the pipeline ------------------------------------------------------------------
+    # --- the pipelines ------------------------------------------------------------------
     def _attach(self, ctxt: Any, req: validation.AttachRequest, op: Operation) -> None:
-        cinder = op.step('cinder_client', self._cinder.client, ctxt)
-        flow = 'attachments' if req.attachment_id else cinder.flow
-        op.update(flow=flow)
-        if req.attachment_id:
-            op.step('check_reservation', checks.controller_attachment, cinder, req)
-        volume = op.step('get_volume', cinder.get, req.volume_id)
-        checks.trusted(ctxt, volume, req.instance, req.volume_id)
-        if self._already_attached(volume, req, op, self._compensator(ctxt)):
-            return  # committed: the live attachment is not this cast's to release
-        op.step('check_attach', checks.can_attach, self._conf, self._driver, cinder,
-                volume, req, flow)
-        connector = op.step('connector', self._connector)
-        op.update(connector=connector)
-        ids = {'volume_id': req.volume_id, 'instance_uuid': req.instance_uuid}
-
-        # the device: the one reserved by reserve_block_device_name, the cast's, or
-        # the next free one; released if the attach fails
-        mountpoint = op.step('reserve_device', self._driver.reserve_device_name,
-                             req.instance_uuid, req.volume_id, req.mountpoint,
-                             undo=('release_device', ids))
-        op.update(mountpoint=mountpoint)
-
-        if flow == 'attachments':
-            if not req.attachment_id:
-                created = op.step('attachment_create', cinder.attachment_create,
-                                  req.volume_id, req.instance_uuid, req.mode,
-                                  undo=('release_attachment',
-                                        dict(ids, attachment_id=None, ours=True)),
-                                  rearm=lambda result: {'attachment_id': result['id']})
-                op.update(attachment_id=created['id'])
-            connection_info = op.step('attachment_update', cinder.attachment_update,
-                                      op.fields['attachment_id'], connector, mountpoint)
-        else:
-            op.step('reserve', cinder.reserve, req.volume_id,
-                    undo=('unreserve', {'volume_id': req.volume_id}))
-            connection_info = op.step('initialize_connection', cinder.initialize_connection,
-                                      req.volume_id, connector,
-                                      undo=('terminate_connection',
-                                            {'volume_id': req.volume_id,
-                                             'connector': connector}))
-        op.update(driver_volume_type=(connection_info or {}).get('driver_volume_type'))
-
-        record = {'flow': flow, 'attachment_id': op.fields.get('attachment_id'),
-                  'mode': req.mode, 'multiattach': bool(volume.get('multiattach'))}
-        if flow == 'attachments':
-            resume = ('complete_attachment', {'attachment_id': op.fields['attachment_id']})
-        else:
-            resume = ('legacy_attach', dict(ids, mountpoint=mountpoint, mode=req.mode,
-                                            host_name=connector.get('host')))
-        op.step('driver_attach', self._driver.attach_volume, ctxt, connection_info,
-                req.instance, mountpoint, req.volume_id, record,
-                undo=('driver_detach', dict(ids, mountpoint=mountpoint,
-                                            attachment_id=record['attachment_id'])),
-                resume=resume)
-
-        if flow == 'attachments':
-            # If the answer is lost, only this worker can have completed it.
-            op.step('attachment_complete', cinder.attachment_complete,
-                    op.fields['attachment_id'], commit=True,
-                    undo=('release_attachment', dict(
-                        ids, attachment_id=op.fields['attachment_id'], ours=True)))
-        else:
-            op.step('attach', cinder.attach, req.volume_id, req.instance_uuid, mountpoint,
-                    req.mode, connector.get('host'), undo=('legacy_detach', ids),
-                    commit=True)
-            op.update(attachment_id=checks.legacy_attachment_id(cinder, req))
+        attach_pipeline(self._conf, self._cinder, self._driver, self._connector, ctxt, req,
+                        op, self._compensator(ctxt))
 
     def _detach(self, ctxt: Any, req: validation.DetachRequest, op: Operation) -> None:
         detach_pipeline(self._cinder, self._driver, self._connector, ctxt, req, op)
-
-    def _already_attached(self, volume: dict, req: validation.AttachRequest,
-                          op: Operation, compensator: Compensator) -> bool:
-        """A duplicate cast: the volume is already attached to this instance.
-
-        Answered ``.end`` only when the host has the volume too; the answer is
-        journalled as the operation's commit, so a kill after it undoes nothing.
-        """
-        for attached in volume['attachments']:
-            if attached.get('server_id') != req.instance_uuid:
-                continue
-            existing = attached.get('attachment_id') or attached.get('id')
-            if not any(a['volume_id'] == req.volume_id
-                       for a in self._driver.get_attachments(req.instance_uuid)):
-                raise exception.InvalidVolume(
-                    volume_id=req.volume_id,
-                    reason='Cinder shows it attached to this instance (attachment %s) but '
-                           'this host does not have it: detach it first' % existing)
-            LOG.info('Volume %(volume)s is already attached to instance %(instance)s '
-                     '(attachment %(att)s): nothing to do',
-                     {'volume': req.volume_id, 'instance': req.instance_uuid, 'att': existing})
-            if req.attachment_id and req.attachment_id != existing:
-                # The controller reserved a second attachment for the duplicate:
-                # release it now (its undo), so the volume keeps exactly one.
-                entry = op.stack[0]
-                op.step('release_reservation', compensator.run, entry['name'], entry['args'])
-            op.update(attachment_id=existing, mountpoint=attached.get('device'))
-            op.step('duplicate', lambda: None, commit=True)
-            return True
-        return False
 
     # --- outcomes ----------------------------------------------------------------------
     def reject(self, ctxt: Any, method: str, exc: BaseException) -> None:

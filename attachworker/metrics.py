@@ -33,9 +33,9 @@ SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 
            120.0)
 
 OPERATIONS = Counter(
-    'attachworker_operations', 'Casts answered, by action (volume_attach, volume_detach, '
-    'volume_extend) and outcome: success (an .end notification) or error (an .error '
-    'notification).',
+    'attachworker_operations', 'Operations answered, by action (volume_attach, '
+    'volume_detach, volume_extend, volume_refresh) and outcome: success (an .end '
+    'notification) or error (an .error notification).',
     ['action', 'outcome'], registry=REGISTRY)
 IN_FLIGHT = Gauge(
     'attachworker_operations_in_flight', 'Operations being carried out now, by action.',

@@ -271,6 +271,20 @@ class ExtendRequest(_Request):
     attachment_id: Optional[str] = None
 
 
+@dataclasses.dataclass(frozen=True)
+class RefreshRequest(_Request):
+    """A validated ``volume_attachment refresh`` (an operator's command, not a cast)."""
+
+    instance: dict
+    volume_id: str
+    attachment_id: Optional[str] = None
+
+
+def refresh_request(instance_uuid: Any, volume_id: Any, max_length: int) -> RefreshRequest:
+    return RefreshRequest(instance={'uuid': _uuid('INSTANCE', instance_uuid, max_length)},
+                          volume_id=_uuid('VOLUME', volume_id, max_length))
+
+
 def extend_request(instance: Any, volume_id: Any, new_size: Any, unknown: dict,
                    max_length: int) -> ExtendRequest:
     """Check every argument of an ``extend_volume`` cast; raise InvalidInput."""

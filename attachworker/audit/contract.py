@@ -36,13 +36,13 @@ PRIORITIES = ('info', 'error')
 #: event type -> (action, outcome of the event)
 EVENT_TYPES = {
     f'instance.volume_{action}.{phase}': (action, outcome)
-    for action in ('attach', 'detach', 'extend')
+    for action in ('attach', 'detach', 'extend', 'refresh')
     for phase, outcome in (('start', 'pending'), ('end', 'success'), ('error', 'error'),
                            # an undo that had failed, finished later (never an outcome)
                            ('cleanup', 'cleanup'))
 }
 PAYLOAD_NAMES = {'attach': 'VolumeAttachPayload', 'detach': 'VolumeDetachPayload',
-                 'extend': 'VolumeExtendPayload'}
+                 'extend': 'VolumeExtendPayload', 'refresh': 'VolumeRefreshPayload'}
 
 #: The payload fields of version 1.0. The worker sets every one (null when unknown,
 #: as in the .error of a cast that failed validation), so each must be present;

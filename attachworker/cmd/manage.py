@@ -6,6 +6,8 @@
     attachworker-manage --config-file F reconcile
     attachworker-manage --config-file F volume_attachment show INSTANCE VOLUME
     attachworker-manage --config-file F volume_attachment get_connector
+    attachworker-manage --config-file F volume_attachment refresh INSTANCE VOLUME \
+        [--connector FILE]
 
 Each sub-command is one entry in ``COMMANDS``: its help, a function adding its
 arguments (or nested sub-commands, e.g. ``journal list|show``) to its parser, and
@@ -167,6 +169,10 @@ def run(conf: cfg.ConfigOpts, argv: Optional[list[str]] = None) -> int:
     except exception.AttachWorkerException as exc:
         # Expected operator errors (bad host_root...): a message, not a traceback.
         print('Error: %s' % exc, file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - a message, and the traceback in the log
+        LOG.exception('attachworker-manage %s failed', conf.command.name)
+        print('Unexpected error (the traceback is in the log): %s' % exc, file=sys.stderr)
         return 1
 
 

@@ -3,11 +3,19 @@ each see it, as ``nova-manage volume_attachment`` does for Nova.
 
     attachworker-manage --config-file F volume_attachment show INSTANCE VOLUME
     attachworker-manage --config-file F volume_attachment get_connector
+    attachworker-manage --config-file F volume_attachment refresh INSTANCE VOLUME \
+        [--connector FILE]
 
 ``show`` prints the virt driver's record and Cinder's attachment side by side and
 flags every mismatch; its exit status is 0 when they agree, 2 when they do not (1
 when it cannot tell: a bad argument, Cinder unreachable). Cinder is asked with the
 ``[cinder]`` service credentials.
+
+``refresh`` replaces the volume's Cinder attachment by one made with this host's
+connector of today (or the one in FILE, which must name this host) and gives the
+instance's disk the new connection info (attachworker.refresh): journalled,
+locked and notified like a cast. The instance must be stopped. Exit status as
+``nova-manage volume_attachment refresh``'s: see ``refresh_command``.
 """
 import json
 from typing import Any
@@ -35,6 +43,13 @@ def add_arguments(parser: Any) -> None:
     show.add_argument('instance', help='instance UUID')
     show.add_argument('volume', help='volume UUID')
     sub.add_parser('get_connector', help="this host's connector, as JSON")
+    refresh = sub.add_parser('refresh', help='a new Cinder attachment with the connector '
+                             'of today, and its connection info to the instance')
+    refresh.add_argument('instance', help='instance UUID (stopped)')
+    refresh.add_argument('volume', help='volume UUID')
+    refresh.add_argument('--connector', metavar='FILE', dest='connector_file',
+                         help="a connector as JSON (get_connector's output); default: "
+                         "this host's connector now")
 
 
 def _host_side(driver: Any, instance_uuid: str, volume_id: str) -> dict:
@@ -89,6 +104,9 @@ def run(conf: cfg.ConfigOpts) -> int:
         print(json.dumps(connector.get_connector_properties(conf), indent=2,
                          sort_keys=True))
         return 0
+    if conf.command.attachment_action == 'refresh':
+        from attachworker.cmd import volume_refresh
+        return volume_refresh.run(conf)
     limit = conf.worker.max_argument_length
     instance_uuid = validation.uuid_argument('INSTANCE', conf.command.instance, limit)
     volume_id = validation.uuid_argument('VOLUME', conf.command.volume, limit)

@@ -1,7 +1,7 @@
 """Publishing the outcome of every operation as versioned notifications.
 
 Event types ``instance.volume_attach.start|end|error`` (and ``volume_detach``,
-``volume_extend``),
+``volume_extend``, ``volume_refresh``),
 priority INFO (ERROR for ``.error``), driver ``messagingv2`` (through
 attachworker.notifications.driver, which says when publishing failed), topic
 ``versioned_notifications`` on the ``control_exchange``,

@@ -99,12 +99,22 @@ class VolumeExtendPayload(PayloadBase):
                   old_size=fields.IntegerField(nullable=True))
 
 
+@ovo_base.VersionedObjectRegistry.register_if(False)
+class VolumeRefreshPayload(PayloadBase):
+    """The attach/detach fields (``attachment_id``: the new attachment, null until
+    made), plus ``old_attachment_id``: the attachment it replaces."""
+
+    # Version 1.0: initial version
+    VERSION = '1.0'
+    fields = dict(_VOLUME_FIELDS, old_attachment_id=fields.StringField(nullable=True))
+
+
 PAYLOADS = {'volume_attach': VolumeAttachPayload, 'volume_detach': VolumeDetachPayload,
-            'volume_extend': VolumeExtendPayload}
+            'volume_extend': VolumeExtendPayload, 'volume_refresh': VolumeRefreshPayload}
 
 
 def make_payload(action: str, fault: Optional[dict] = None, **values: Any) -> PayloadBase:
-    """Build the payload of ``action`` (``volume_attach``/``_detach``/``_extend``).
+    """Build the payload of ``action`` (``volume_attach``/``_detach``/``_extend``/``_refresh``).
 
     Every field is set (null when unknown) so consumers always see the same keys.
     Values longer than a sane id are cut: a malformed cast must not make a

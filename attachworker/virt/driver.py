@@ -33,10 +33,13 @@ class VirtDriver(abc.ABC):
     #: What the driver can do, e.g. ``{'supports_multiattach': True,
     #: 'supports_device_naming': True}``. Subclasses override.
     #: ``supports_extend_volume``: ``extend_volume`` resizes the instance's disk.
+    #: ``supports_refresh_connection``: ``refresh_connection`` swaps the connection
+    #: info of a stopped instance's disk.
     capabilities: dict = {
         'supports_multiattach': False,
         'supports_device_naming': False,
         'supports_extend_volume': False,
+        'supports_refresh_connection': False,
     }
 
     def __init__(self, conf: cfg.ConfigOpts) -> None:
@@ -132,4 +135,31 @@ class VirtDriver(abc.ABC):
         a driver that can, overrides it and sets ``supports_extend_volume``.
         """
         raise exception.ExtendVolumeNotSupported(
+            volume_id=volume_id, reason='%s does not implement it' % type(self).__name__)
+
+    def instance_running(self, instance_uuid: str) -> Optional[bool]:
+        """Is the instance's guest running here? None when the driver cannot tell.
+
+        ``volume_attachment refresh`` changes an attached volume's disk only when
+        this is False (nova-manage's rule: the instance must be stopped).
+        """
+        return None
+
+    def refresh_connection(self, context: Any, connection_info: dict, instance: dict,
+                           mountpoint: str, volume_id: str, record: dict) -> None:
+        """Give the disk of an attached volume new connection info (from a new
+        Cinder attachment: ``record['attachment_id']``), keeping its device.
+
+        For ``attachworker-manage volume_attachment refresh``, e.g. after the storage
+        network changed. The instance is stopped (the caller checked
+        ``instance_running``). Afterwards ``get_attachments`` shows the record's
+        attachment id. Calling it again with the same arguments does nothing more.
+
+        Raises VolumeNotRefreshable when the volume is not attached to the
+        instance here, RefreshNotSupported when the driver cannot do it for this
+        kind of volume (both definite: nothing changed), VirtDriverError otherwise.
+        This default refuses; a driver that can overrides it and sets
+        ``supports_refresh_connection``.
+        """
+        raise exception.RefreshNotSupported(
             volume_id=volume_id, reason='%s does not implement it' % type(self).__name__)

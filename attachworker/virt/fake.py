@@ -64,7 +64,7 @@ def _check_connection_info(info: Any) -> tuple[str, str]:
 
 class FakeDriver(driver.VirtDriver):
     capabilities = {'supports_multiattach': True, 'supports_device_naming': True,
-                    'supports_extend_volume': True}
+                    'supports_extend_volume': True, 'supports_refresh_connection': True}
 
     def __init__(self, conf: cfg.ConfigOpts) -> None:
         super().__init__(conf)
@@ -183,6 +183,34 @@ class FakeDriver(driver.VirtDriver):
                  {'vol': volume_id, 'inst': instance_uuid, 'size': new_size,
                   'old': 'unknown' if old is None else old})
         return old
+
+    def instance_running(self, instance_uuid: str) -> Optional[bool]:
+        return False  # no guest runs here: nothing can be using its disks
+
+    def refresh_connection(self, context: Any, connection_info: dict, instance: dict,
+                           mountpoint: str, volume_id: str, record: dict) -> None:
+        kind, access_mode = _check_connection_info(connection_info)
+        instance_uuid = instance['uuid']
+
+        def change(state: dict) -> None:
+            current = self._instance(state, instance_uuid)['attachments'].get(volume_id)
+            if current is None:
+                raise exception.VolumeNotRefreshable(
+                    volume_id=volume_id,
+                    reason='it is not attached to instance %s' % instance_uuid)
+            if current['mountpoint'] != mountpoint:
+                raise exception.VolumeNotRefreshable(
+                    volume_id=volume_id, reason='it is at %s, not %s'
+                    % (current['mountpoint'], mountpoint))
+            current.update(driver_volume_type=kind, access_mode=access_mode,
+                           flow=record.get('flow'), attachment_id=record.get('attachment_id'),
+                           mode='ro' if 'ro' in (record.get('mode'), access_mode) else 'rw')
+
+        with self._locked():
+            self._update(instance_uuid, change)
+        LOG.info('Refreshed the connection of volume %(vol)s on instance %(inst)s: '
+                 'attachment %(att)s', {'vol': volume_id, 'inst': instance_uuid,
+                                        'att': record.get('attachment_id')})
 
     def get_attachments(self, instance_uuid: str) -> list[dict]:
         with self._locked():

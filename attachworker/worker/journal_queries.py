@@ -66,11 +66,13 @@ class JournalQueries:
         return ids
 
     def superseded(self, record: dict) -> bool:
-        """Did a later operation on the same instance and volume complete? (An extend
-        does not count: it changes nothing of whether the volume is attached.)"""
+        """Did a later attach or detach of the same instance and volume complete? (An
+        extend or a refresh does not count: it changes nothing of whether the volume
+        is attached.)"""
         fields = record['fields']
         for op in self.list(('completed',), limit=1000):
-            if (op['created_at'] > record['created_at'] and op['action'] != 'volume_extend'
+            if (op['created_at'] > record['created_at']
+                    and op['action'] in ('volume_attach', 'volume_detach')
                     and op['fields'].get('instance_uuid') == fields.get('instance_uuid')
                     and op['fields'].get('volume_id') == fields.get('volume_id')):
                 return True

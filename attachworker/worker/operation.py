@@ -72,6 +72,8 @@ class Operation:
         self._abort = abort or threading.Event()
         self._observer = observer or StepObserver()
         self._started = time.monotonic()
+        #: ``(end state, exception or None)`` once its outcome is decided (Outcomes)
+        self.ended: Optional[tuple] = None
 
     # --- identity -----------------------------------------------------------------------
     def update(self, **fields: Any) -> None:

@@ -36,6 +36,7 @@ class Outcomes:
                undo_failed: Optional[list] = None, logged: bool = False) -> None:
         """Journal the end state and its notification together, then publish it.
         ``logged``: the caller said what went wrong already."""
+        op.ended = (state, exc)
         fault = None
         if exc is not None:
             fault = op.fault(exc, undo_failed)

@@ -15,8 +15,9 @@ Two kinds of entry:
   recovery with ``[worker] recovery_action = finish`` runs it, instead of undoing.
 * ``finish``: once a detach reached the host, going back is not possible (the
   guest may have let go): the entry finishes the detach in Cinder instead, and it
-  supersedes the undos below it. A stack whose finish entries all succeeded means
-  the operation is *completed*, not undone.
+  supersedes the undos below it. (So does a refresh once Cinder was asked to
+  delete the old attachment: ``finish_refresh`` completes it.) A stack whose
+  finish entries all succeeded means the operation is *completed*, not undone.
 
 Order (:func:`order`): the host lets go first (``driver_detach``), then the other
 entries run newest first. So Cinder is never told an attachment is gone while the
@@ -233,3 +234,18 @@ class Compensator:
                 self._cinder.attachment_delete(attachment_id)
         except exception.VolumeNotFound:
             LOG.info('Volume %s is gone: the detach is complete', volume_id)
+
+    # --- finishing a refresh whose old attachment is gone --------------------------------
+    def do_finish_refresh(self, instance_uuid: str, volume_id: str, attachment_id: str,
+                          old_attachment_id: Optional[str], mountpoint: str,
+                          connector: dict, record: dict) -> None:
+        """The rest of attachworker.refresh from its ``attachment_delete`` on: each
+        call is safe to repeat (a deleted attachment counts as gone, an update and a
+        complete may be sent again, the driver's refresh does nothing more)."""
+        if old_attachment_id and old_attachment_id != attachment_id:
+            self._cinder.attachment_delete(old_attachment_id)
+        info = self._cinder.attachment_update(attachment_id, connector, mountpoint)
+        self._driver.refresh_connection(self._ctxt, info, {'uuid': instance_uuid},
+                                        mountpoint, volume_id,
+                                        dict(record, attachment_id=attachment_id))
+        self._cinder.attachment_complete(attachment_id)

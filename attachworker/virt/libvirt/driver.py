@@ -27,6 +27,7 @@ from attachworker.virt.libvirt import guest as guest_mod
 from attachworker.virt.libvirt import host as host_mod
 from attachworker.virt.libvirt import naming
 from attachworker.virt.libvirt import records
+from attachworker.virt.libvirt import refresh
 
 LOG = logging.getLogger(__name__)
 
@@ -34,7 +35,8 @@ LOG = logging.getLogger(__name__)
 class LibvirtDriver(driver.VirtDriver):
     capabilities = {'supports_multiattach': True,    # <shareable/> disks
                     'supports_device_naming': True,  # from the guest's own XML
-                    'supports_extend_volume': True}   # RBD disks of running guests
+                    'supports_extend_volume': True,   # RBD disks of running guests
+                    'supports_refresh_connection': True}  # RBD disks of stopped guests
 
     def __init__(self, conf: cfg.ConfigOpts) -> None:
         super().__init__(conf)
@@ -239,6 +241,17 @@ class LibvirtDriver(driver.VirtDriver):
     def extend_volume(self, context: Any, connection_info: Optional[dict], instance: dict,
                       volume_id: str, new_size: int) -> Optional[int]:
         return extend.extend(self._guest(instance['uuid']), volume_id, new_size)
+
+    # --- refresh (attachworker.virt.libvirt.refresh) --------------------------------------
+
+    def instance_running(self, instance_uuid: str) -> Optional[bool]:
+        return self._guest(instance_uuid).active()
+
+    def refresh_connection(self, context: Any, connection_info: dict, instance: dict,
+                           mountpoint: str, volume_id: str, record: dict) -> None:
+        with self._reservations.locked(instance['uuid']):
+            refresh.refresh(self._guest(instance['uuid']), self.conf.libvirt,
+                            connection_info, mountpoint, volume_id, record)
 
     # --- what is attached ---------------------------------------------------------------
 

@@ -22,11 +22,9 @@ class HypervisorUnavailable(exception.VirtDriverError):
     expected = True
 
 
-class InstanceNotFound(exception.VirtDriverError):
+class InstanceNotFound(exception.InstanceNotFound):
     msg_fmt = ('Instance %(instance_uuid)s has no libvirt domain on this host '
                '(no domain with that UUID at %(uri)s)')
-    code = 404
-    expected = True
 
 
 class UnsupportedVolume(exception.VirtDriverError):

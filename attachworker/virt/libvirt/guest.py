@@ -58,6 +58,11 @@ class Guest:
         with self._call('attach the disk'):
             self.dom.attachDeviceFlags(disk_xml, records.flags(self.dom))
 
+    def define(self, domain_xml: str) -> None:
+        """Replace the persistent definition (of a stopped domain) in one call."""
+        with self._call('define the domain'):
+            self.dom.connect().defineXML(domain_xml)
+
     def block_size(self, target: str) -> int:
         """The capacity of disk ``target`` (``sdb``) as QEMU sees it now, in bytes."""
         with self._call('read the size of disk %s' % target):

@@ -147,6 +147,18 @@ class FakeConnection:
         self.lib.callbacks.append((self, event_id, cb, opaque))
         return len(self.lib.callbacks)
 
+    def defineXML(self, xml):  # noqa: N802
+        """Replace the persistent definition of a known domain (what refresh uses)."""
+        self._check()
+        root = ET.fromstring(xml)
+        guest = self.lib.guests.get(root.findtext('uuid'))
+        assert guest is not None, 'the fake only redefines domains it has'
+        with self.lib.lock:
+            guest.requests.append(('defineXML', xml, 0))
+            guest.persistent = True
+            guest.config = ET.tostring(root, encoding='unicode')
+        return FakeDomain(self, guest)
+
     def registerCloseCallback(self, cb, opaque):  # noqa: N802
         self._check()
         self.close_callback = (cb, opaque)
@@ -263,6 +275,9 @@ class FakeDomain:
         if self.guest.lib.guests.get(self.guest.uuid) is not self.guest:
             raise libvirtError("Domain not found: no domain with matching uuid '%s'"
                                % self.guest.uuid, FakeLibvirt.VIR_ERR_NO_DOMAIN)
+
+    def connect(self):
+        return self._conn
 
     def UUIDString(self):  # noqa: N802
         return self.guest.uuid

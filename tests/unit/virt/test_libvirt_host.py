@@ -119,7 +119,8 @@ def test_options_and_their_defaults(conf):
 def test_capabilities(driver):
     assert driver.capabilities == {'supports_multiattach': True,
                                    'supports_device_naming': True,
-                                   'supports_extend_volume': True}
+                                   'supports_extend_volume': True,
+                                   'supports_refresh_connection': True}
 
 
 def test_loaded_by_name(conf, lib):
