@@ -4,6 +4,7 @@ change nothing, the undo before Cinder lets go of the old attachment, the finish
 after, and a kill at every step boundary resolved by recovery.
 """
 import json
+import pathlib
 
 import pytest
 
@@ -16,6 +17,7 @@ from attachworker.cmd import volume_refresh
 from attachworker.manager import ComputeManager
 from attachworker.worker.journal import Journal
 from attachworker.worker.outbox import Outbox
+from tests.unit.conftest import CHAP_SECRET
 from tests.unit.test_extend import mark_attached
 from tests.unit.test_notification_samples import _fix
 from tests.unit.test_notification_samples import check
@@ -283,3 +285,14 @@ def test_the_error_matches_its_sample(conf, cloud, refreshable, notifications): 
     data.update(old_attachment_id='5d77a1b2-c3d4-4e5f-8a9b-0c1d2e3f4a5b', attachment_id=NEW)
     data['fault']['message'] = data['fault']['message'].replace(cloud.attachment_id, '<old>')
     check('instance-volume_refresh-error', error)
+
+
+def test_no_secret_of_the_new_connection_reaches_journal_log_or_notification(
+        conf, cloud, refreshable, notifications, caplog):  # noqa: F811
+    caplog.set_level('DEBUG')
+    assert refresh(conf, cloud).ended == ('completed', None)
+    stored = b''.join(p.read_bytes() for p in pathlib.Path(conf.state_path).rglob('*')
+                      if p.is_file())
+    for label, text in (('journal and driver state', stored.decode('utf-8', 'replace')),
+                        ('log', caplog.text), ('notifications', repr(notifications()))):
+        assert CHAP_SECRET not in text, label
