@@ -1,7 +1,8 @@
-"""The pause before a requeue, shared by every handler thread of a consumer.
+"""The pause before a held message is stored again, shared by every handler thread.
 
 It doubles on each consecutive failure, up to a maximum, and resets on the first
-success: a database outage costs one requeue per handler per pause, not a loop.
+success: a database outage costs one attempt per handler per pause, not a loop
+(and no requeue: see :mod:`.consumer`).
 """
 import threading
 

@@ -6,19 +6,28 @@ only after :meth:`AuditEndpoint.handle_batch` has returned its fate:
 
 * ``HANDLED`` once its row is committed, once it is known to be a duplicate, or
   once it is stored in ``rejected``;
-* ``REQUEUE`` only when the database is unavailable, after a back-off shared by
-  all handler threads, so an outage is waited out instead of spinning the message
-  through the broker.
+* ``REQUEUE`` only when the consumer stops while the database is unavailable.
+
+While the database is unavailable the handler *holds* the messages it has: neither
+acked nor requeued, they are stored again in place after a back-off shared by all
+handler threads (:mod:`~attachworker.audit.backoff`), until the database is back.
+A requeue would count as a delivery on a quorum queue, whose delivery limit would
+drop the message after a short outage; held, a message is delivered once however
+long the outage lasts. The prefetch bounds how many are held; a stop cuts the
+back-off short and requeues them, once each.
 
 A message is never requeued for what it is: one that fails to be read or stored
 for any other reason (a bug included) is kept in ``rejected`` on its own, and the
 rest of its batch is stored. A poison message must not wedge a batch or a queue.
 """
+import contextlib
 import json
 import logging as logging_std
 import threading
 import time
 from typing import Any
+from typing import Callable
+from typing import Iterator
 from typing import Optional
 
 from oslo_context import context as o_context
@@ -42,7 +51,7 @@ REQUEUE = messaging.NotificationResult.REQUEUE
 
 
 class AuditEndpoint:
-    """Stores notifications; returns HANDLED or REQUEUE for each."""
+    """Stores notifications; returns HANDLED (or REQUEUE, when stopping) for each."""
 
     def __init__(self, store: Store, *, max_message_size: int, excerpt_length: int,
                  backoff: Backoff) -> None:
@@ -53,11 +62,23 @@ class AuditEndpoint:
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._in_flight = 0
+        #: Each message's fate, counted once per delivery.
         self.counts = dict.fromkeys(('stored', 'duplicate', 'rejected', 'requeued'), 0)
+        #: Messages that waited for the database (then got one of the fates above).
+        self.held = 0
 
     def stop(self) -> None:
-        """Cut back-off waits short: handlers in a wait requeue at once."""
+        """Cut back-off waits short: held messages are requeued at once."""
         self._stopping.set()
+
+    @contextlib.contextmanager
+    def handling(self, number: int) -> Iterator[None]:
+        """Count messages as in flight (for :meth:`drain`) inside the block."""
+        self._add_in_flight(number)
+        try:
+            yield
+        finally:
+            self._add_in_flight(-number)
 
     def drain(self, timeout: float) -> int:
         """Wait until no message is being handled; return how many still are."""
@@ -71,24 +92,48 @@ class AuditEndpoint:
 
     def handle_batch(self, items: list) -> list:
         """(ctxt, message) pairs -> their fates, in the same order."""
-        self._add_in_flight(len(items))
-        try:
-            results = self._handle_batch(items)
-            if REQUEUE in results:
-                self.back_off()
+        received_at = timeutils.utcnow()  # kept while held: when it reached us
+        with self.handling(len(items)):
+            try:
+                return self.hold(lambda subset: self._handle_batch(subset, received_at),
+                                 items)
+            finally:
+                _forget_log_context()
+
+    def hold(self, attempt: Callable[[list], list], items: list,
+             results: Optional[list] = None) -> list:
+        """Fates of ``items``: ``attempt(items)``, retried in place while REQUEUE.
+
+        ``attempt`` takes a sub-list of ``items`` and returns their fates (``results``
+        are those of a first attempt already made). The ones the database was
+        unavailable for are held and attempted again after each back-off, until
+        they are handled or the consumer stops: then they are requeued, once.
+        """
+        results = list(attempt(items) if results is None else results)
+        pending = [index for index, result in enumerate(results) if result == REQUEUE]
+        if not pending:
             return results
-        finally:
-            _forget_log_context()
-            self._add_in_flight(-len(items))
+        held, began, retries = len(pending), time.monotonic(), 0
+        with self._lock:
+            self.held += held
+        while pending:
+            if self._stopping.wait(self._backoff.failed()):
+                self._count('requeued', len(pending))
+                LOG.warning('Stopping: %(count)d notifications held while the audit '
+                            'store was unavailable are requeued', {'count': len(pending)})
+                return results
+            retries += 1
+            for index, result in zip(pending, attempt([items[i] for i in pending]),
+                                     strict=True):
+                results[index] = result
+            pending = [index for index in pending if results[index] == REQUEUE]
+        LOG.info('Audit store available again: %(count)d held notifications handled '
+                 'after %(seconds).1f s and %(retries)d retries',
+                 {'count': held, 'seconds': time.monotonic() - began,
+                  'retries': retries})
+        return results
 
-    def back_off(self) -> float:
-        """Wait before a requeue (shorter if stopping); return the wait chosen."""
-        delay = self._backoff.failed()
-        self._stopping.wait(delay)
-        return delay
-
-    def _handle_batch(self, items: list) -> list:
-        received_at = timeutils.utcnow()
+    def _handle_batch(self, items: list, received_at: Any) -> list:
         results = [None] * len(items)
         events = []
         for index, (ctxt, message) in enumerate(items):
@@ -114,8 +159,7 @@ class AuditEndpoint:
         try:
             stored = self._store.record_events([event for _, event in events])
         except AuditStoreUnavailable as exc:
-            self._count('requeued', len(events))
-            LOG.warning('Audit store unavailable, %(count)d notifications requeued '
+            LOG.warning('Audit store unavailable, %(count)d notifications held '
                         '(requests %(requests)s): %(error)s',
                         {'count': len(events), 'error': exc,
                          'requests': ', '.join(sorted({e.request_id for _, e in events}))})
@@ -146,7 +190,8 @@ class AuditEndpoint:
                size: Optional[int] = None) -> str:
         """Keep a message that is not a storable event; REQUEUE if that fails too.
 
-        The caller backs off (:meth:`back_off`) before requeueing.
+        REQUEUE means the store is unavailable: the caller holds the message
+        (:meth:`hold`) rather than requeueing it.
         """
         identity = identity or {}
         length, excerpt = self._excerpt(source)
@@ -159,9 +204,8 @@ class AuditEndpoint:
                 reason=reason, size=length if size is None else size, excerpt=excerpt,
                 received_at=timeutils.utcnow(), **identity)
         except AuditStoreUnavailable as exc:
-            self._count('requeued')
             LOG.warning('Audit store unavailable, rejected notification %(message_id)s '
-                        'requeued: %(error)s',
+                        'held: %(error)s',
                         {'message_id': shown['message_id'], 'error': exc})
             return REQUEUE
         except AuditRecordRefused as exc:

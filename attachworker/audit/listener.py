@@ -20,10 +20,17 @@ front of each rabbit consumer callback that records undecodable or oversized
 bodies in ``rejected`` and acks them. The guard replaces ``Consumer._callback``
 on the consumers of this listener only; it depends on rabbit-driver internals
 pinned by requirements.txt, and is skipped (with a log line) on other drivers.
+When even ``rejected`` cannot be written (the database is unavailable), the
+guard holds the message as the endpoint does (see :mod:`.consumer`), in a thread
+of its own: the polling thread must go on consuming, acking and heartbeating. The
+ack (or the requeue, on stop) is then handed back to the polling thread through
+the driver's message-operations queue, as oslo.messaging does for its own acks.
 Remove it once oslo.messaging hands undecodable messages to a hook of its own.
 """
 import json
+import threading
 from typing import Any
+from typing import Optional
 
 from oslo_log import log as logging
 import oslo_messaging as messaging
@@ -33,7 +40,6 @@ from oslo_messaging.notify import listener as notify_listener
 
 from attachworker.audit import contract
 from attachworker.audit.consumer import HANDLED
-from attachworker.audit.consumer import REQUEUE
 from attachworker.audit.consumer import AuditEndpoint
 
 LOG = logging.getLogger(__name__)
@@ -54,12 +60,11 @@ class AuditDispatcher(dispatcher.DispatcherBase):
                 [(message.ctxt, message.message) for message in incoming])
         except Exception as exc:  # a bug here must not requeue the batch forever
             LOG.exception('Audit endpoint failed on a batch of notifications')
-            results = [self._endpoint.reject(
-                f'audit consumer error: {type(exc).__name__}: {exc}',
-                {'message': message.message}, contract.describe(message.message))
-                for message in incoming]
-            if REQUEUE in results:
-                self._endpoint.back_off()
+            reason = f'audit consumer error: {type(exc).__name__}: {exc}'
+            with self._endpoint.handling(len(incoming)):
+                results = self._endpoint.hold(lambda subset: [self._endpoint.reject(
+                    reason, {'message': message.message},
+                    contract.describe(message.message)) for message in subset], incoming)
         return {message for message, result in zip(incoming, results, strict=True)
                 if result != HANDLED}
 
@@ -67,10 +72,14 @@ class AuditDispatcher(dispatcher.DispatcherBase):
 class RawMessageGuard:
     """Stands in for ``Consumer._callback``: what cannot be decoded is rejected."""
 
-    def __init__(self, consumer: Any, endpoint: AuditEndpoint, max_size: int) -> None:
+    def __init__(self, consumer: Any, endpoint: AuditEndpoint, max_size: int,
+                 operations: Optional[Any] = None) -> None:
         self._consumer = consumer
         self._endpoint = endpoint
         self._max_size = max_size
+        # The poller's MessageOperationsHandler: do(task) runs task on the polling
+        # thread. Without one, a message is held on the calling thread.
+        self._operations = operations
 
     def __call__(self, kombu_message: Any) -> None:
         to_python = getattr(self._consumer.queue.channel, 'message_to_python', None)
@@ -111,13 +120,37 @@ class RawMessageGuard:
     def _reject(self, kombu_message: Any, reason: str) -> None:
         body = kombu_message.body or b''
         text = body.decode('utf-8', 'replace') if isinstance(body, bytes) else str(body)
-        result = self._endpoint.reject(reason, text, _identity(text), size=len(body))
-        # We run on the listener's polling thread: acking here is thread-safe.
-        if result == HANDLED:
+        identity = _identity(text)
+
+        def attempt(subset: list) -> list:
+            return [self._endpoint.reject(reason, text, identity, size=len(body))
+                    for _ in subset]
+        first = attempt([kombu_message])
+        if first == [HANDLED]:
+            # We run on the listener's polling thread: acking here is thread-safe.
+            kombu_message.ack()
+        elif self._operations is None:
+            with self._endpoint.handling(1):
+                _settle(kombu_message, self._endpoint.hold(attempt, [kombu_message],
+                                                           first))
+        else:
+            threading.Thread(target=self._hold, args=(attempt, kombu_message, first),
+                             name='audit-hold', daemon=True).start()
+
+    def _hold(self, attempt: Any, kombu_message: Any, first: list) -> None:
+        with self._endpoint.handling(1):
+            results = self._endpoint.hold(attempt, [kombu_message], first)
+            self._operations.do(lambda: _settle(kombu_message, results))
+
+
+def _settle(kombu_message: Any, results: list) -> None:
+    try:
+        if results == [HANDLED]:
             kombu_message.ack()
         else:
-            self._endpoint.back_off()
             kombu_message.requeue()
+    except Exception as exc:  # the connection was lost: the broker redelivers it
+        LOG.warning('Failed to settle a rejected message: %s', exc)
 
 
 def _error(exc: Exception) -> str:
@@ -155,9 +188,10 @@ class AuditNotificationServer(notify_listener.BatchNotificationServer):
             LOG.info('Not a rabbit transport: undecodable messages are left to the '
                      'driver')
             return listener
+        operations = getattr(poller, '_message_operations_handler', None)
         for consumer in list(consumers):
             consumer._callback = RawMessageGuard(consumer, self._endpoint,
-                                                 self._max_message_size)
+                                                 self._max_message_size, operations)
         return listener
 
 

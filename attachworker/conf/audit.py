@@ -53,7 +53,7 @@ Most notifications stored in one database transaction.
 The consumer takes what has arrived, up to this many, stores the batch
 in one transaction and only then acknowledges each message. Larger
 batches mean fewer commits (much faster, on SQLite and PostgreSQL
-alike); a database error requeues the whole batch.
+alike); while the database is unavailable the whole batch is held.
 
 Related options:
 
@@ -78,21 +78,23 @@ Related options:
                  min=0.0,
                  help="""
 Seconds an SQLite writer waits for another process's write lock before
-the write fails and the notification is requeued. Ignored for other
+the write fails and the notification is held and retried. Ignored for other
 databases.
 
 Related options:
 
-* ``db_retry_interval``: the pause before a requeued message is retried.
+* ``db_retry_interval``: the pause before a held message is retried.
 """),
     cfg.FloatOpt('db_retry_interval',
                  default=0.2,
                  min=0.0,
                  help="""
-Seconds to wait before requeueing a notification after the first
-database error. The wait doubles on each consecutive error, up to
-``db_max_retry_interval``, and resets after the first successful write,
-so a database outage never turns into a requeue loop.
+Seconds to wait before storing a notification again after the first
+database error. Meanwhile the notification is held (neither acknowledged
+nor requeued, so an outage of any length costs it no delivery). The wait
+doubles on each consecutive error, up to ``db_max_retry_interval``, and
+resets after the first successful write, so a database outage never turns
+into a retry loop.
 
 Related options:
 
@@ -102,8 +104,8 @@ Related options:
                  default=2.0,
                  min=0.0,
                  help="""
-Longest wait, in seconds, before requeueing a notification while the
-database keeps failing.
+Longest wait, in seconds, before storing a held notification again while
+the database keeps failing.
 
 Related options:
 

@@ -88,8 +88,15 @@ def test_extend_attached_volume(make_worker, controller, volumes, sessions, admi
     volume, extend_s = cinder_extend(sessions, admin_cinder, vid, 2)
     assert volume.status == 'in-use' and volume.attachments[0]['server_id'] == instance_uuid
     # Cinder could not tell Nova (no compute endpoint here), and says so; the extend held
-    messages = cinder_for(sessions['demo'], '3.3').messages.list()
-    assert NOVA_NOT_TOLD in {m.event_id for m in messages if m.resource_uuid == vid}
+    # (Cinder saves the new size before it tries Nova: the message may come a bit later)
+    deadline = time.monotonic() + 30
+    while True:
+        messages = cinder_for(sessions['demo'], '3.3').messages.list()
+        told = {m.event_id for m in messages if m.resource_uuid == vid}
+        if NOVA_NOT_TOLD in told or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert NOVA_NOT_TOLD in told
 
     # the controller's cast; its new_size is advisory, and wrong here on purpose
     ctxt = caller_context(sessions['demo'])

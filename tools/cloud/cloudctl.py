@@ -9,6 +9,7 @@ DEMO_PASSWORD, ALT_DEMO_PASSWORD, NOVA_PASSWORD.
     cloudctl.py wait-services SECONDS     # until cinder-scheduler and cinder-volume are up
     cloudctl.py check-services            # one look; exit 0 when both are up
     cloudctl.py pin-default-type BACKEND  # __DEFAULT__ gets volume_backend_name=BACKEND
+    cloudctl.py multiattach-types         # the multiattach volume types Cinder can place
 """
 import os
 import sys
@@ -148,6 +149,59 @@ def pin_default_type(backend):
     return 0
 
 
+#: Public multiattach volume types and their backend. A volume type with the extra spec
+#: multiattach="<is> True" makes Cinder create multiattach volumes; its scheduler
+#: (CapabilitiesFilter) places them only on a pool that reports the capability.
+MULTIATTACH_TYPES = (('multiattach', 'fake'), ('multiattach-ceph', 'ceph'))
+MULTIATTACH_SPEC = '<is> True'
+#: Why a backend without its pool reported yet still gets its type.
+REPORTS_MULTIATTACH_ALWAYS = {
+    'ceph': "Cinder's RBD driver always reports multiattach (tools/storage-stack adds it)"}
+FAKE_HOWTO = ("FakeLoggingVolumeDriver reports no multiattach capability; Cinder's own "
+              'option extra_capabilities = {"multiattach": true} in [fake] of cinder.conf '
+              'would add it (cinder-volume reads it at start)')
+
+
+def _pools(c, seconds):
+    """{backend: capabilities} the scheduler reports, once the fake pool is among them
+    (cinder-volume publishes its pools just after it starts), or after SECONDS."""
+    deadline = time.monotonic() + seconds
+    while True:
+        pools = {p.name.rsplit('#', 1)[-1]: p._info.get('capabilities', {})
+                 for p in c.pools.list(detailed=True)}
+        if 'fake' in pools or time.monotonic() > deadline:
+            return pools
+        time.sleep(1)
+
+
+def multiattach_types(seconds=60):
+    """Idempotent: each type of MULTIATTACH_TYPES whose backend can hold multiattach
+    volumes exists, public, with volume_backend_name and multiattach="<is> True"."""
+    from cinderclient import client as cinder_client
+    c = cinder_client.Client('3.0', session=admin_session(), region_name=REGION)
+    pools = _pools(c, seconds)
+    types = {t.name: t for t in c.volume_types.list(is_public=None)}
+    for name, backend in MULTIATTACH_TYPES:
+        caps = pools.get(backend)
+        if caps is not None and caps.get('multiattach') is not True:
+            why = FAKE_HOWTO if backend == 'fake' else 'its pool reports no multiattach'
+            print('[local-cloud]   no volume type %s: backend %s cannot hold multiattach '
+                  'volumes (%s)%s' % (name, backend, why,
+                                      '; the existing type is left' if name in types else ''))
+            continue
+        if caps is None and backend not in REPORTS_MULTIATTACH_ALWAYS:
+            print('[local-cloud]   no volume type %s: Cinder has no %s pool' % (name, backend))
+            continue
+        want = {'volume_backend_name': backend, 'multiattach': MULTIATTACH_SPEC}
+        vtype = types.get(name) or c.volume_types.create(
+            name, description='multiattach volumes on backend %s' % backend, is_public=True)
+        if {k: vtype.get_keys().get(k) for k in want} != want:
+            vtype.set_keys(want)
+            print('[local-cloud]   volume type %s: %s%s' % (
+                name, want, '' if caps else ' (%s)' % REPORTS_MULTIATTACH_ALWAYS[backend]))
+    return 0
+
+
 def main(argv):
     if len(argv) >= 2 and argv[0] == 'setup-keystone':
         return setup_keystone(argv[1])
@@ -157,6 +211,8 @@ def main(argv):
         return check_services()
     if len(argv) >= 2 and argv[0] == 'pin-default-type':
         return pin_default_type(argv[1])
+    if argv[:1] == ['multiattach-types']:
+        return multiattach_types()
     print(__doc__, file=sys.stderr)
     return 2
 

@@ -1,5 +1,5 @@
-"""Our own processes, handled one way: for tools/storage-stack now, for the local cloud
-and the RabbitMQ cluster later (issue 12).
+"""Our own processes, handled one way: for tools/storage-stack, tools/rabbit-cluster and
+(through the command line of tools/lib/daemons_cli.py) tools/local-cloud (issue 12).
 
 A process counts as ours only while its ``/proc/PID/cmdline`` still contains every
 string of its *marker* (a str or a tuple of str; each holds something unique to our
@@ -23,7 +23,10 @@ PROC = '/proc'
 
 
 def _markers(marker):
-    return (marker,) if isinstance(marker, str) else tuple(marker)
+    markers = (marker,) if isinstance(marker, str) else tuple(marker)
+    if not markers or not all(markers):
+        raise ValueError('empty marker %r: it would match every process' % (marker,))
+    return markers
 
 
 def cmdline(pid):
@@ -39,11 +42,12 @@ def cmdline(pid):
 
 
 def is_ours(pid, marker):
+    markers = _markers(marker)
     argv = cmdline(pid) if pid else None
     if argv is None:
         return False
     text = ' '.join(argv) + ' '
-    return all(m in text for m in _markers(marker))
+    return all(m in text for m in markers)
 
 
 def read_pidfile(path):
@@ -56,6 +60,7 @@ def read_pidfile(path):
 
 def running(pidfile, marker):
     """The PID in pidfile if that process is still ours, else None."""
+    _markers(marker)
     pid = read_pidfile(pidfile)
     return pid if pid and is_ours(pid, marker) else None
 
@@ -137,15 +142,16 @@ def stop(pids, marker, label='process', timeout=20.0, log=print):
     return 'killed'
 
 
-def stop_pidfile(pidfile, marker, label, timeout=20.0, log=print, kids_marker=None):
+def stop_pidfile(pidfile, marker, label, timeout=20.0, log=print, kids_marker=None,
+                 kids_label=None):
     """Stop the daemon of pidfile if it is ours, then its descendants that carry
-    kids_marker (default: the same marker); remove the PID file."""
+    kids_marker (default: the same marker; logged as kids_label); remove the PID file."""
     pid = running(pidfile, marker)
     result = None
     if pid:
         kids = descendants(pid)
         result = stop([pid], marker, label, timeout, log)
-        stop(kids, kids_marker or marker, label + ' children', timeout, log)
+        stop(kids, kids_marker or marker, kids_label or label + ' children', timeout, log)
     try:
         os.unlink(pidfile)
     except FileNotFoundError:
@@ -180,8 +186,9 @@ def start(argv, pidfile, marker, log, env=None, cwd=None, daemonizes=False, time
     daemonizes=False: argv stays in the foreground; its PID is written to pidfile.
     daemonizes=True: argv forks into the background and writes pidfile itself (as
     ``libvirtd -d -p F`` or ``ceph-mon`` do); its first process must exit 0.
-    Either way the PID must carry marker, and still be alive after settle seconds.
-    Returns the daemon's PID; raises StartError with the log's tail otherwise.
+    Either way the PID must carry marker (within timeout), and still be alive after
+    settle seconds. Returns the daemon's PID; raises StartError with the log's tail
+    otherwise, after killing a foreground argv that is alive but never showed marker.
     """
     for d in {os.path.dirname(pidfile), os.path.dirname(log)}:
         os.makedirs(d or '.', exist_ok=True)
@@ -223,8 +230,16 @@ def start(argv, pidfile, marker, log, env=None, cwd=None, daemonizes=False, time
     if pid and settle:
         time.sleep(settle)
     if not pid or not is_ours(pid, marker):
-        raise StartError('%s is not running (no live process with %r); see %s\n%s'
-                         % (argv[0], marker, log, _tail(log)))
+        how = 'is not running (no live process with %r)' % (marker,)
+        if not daemonizes and proc.poll() is None:
+            # our child, not reaped yet: neither its PID nor its group (it leads its own
+            # session) can belong to anyone else
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            how = 'did not show %r within %.0fs: killed' % (marker, timeout)
+        elif not daemonizes:
+            how = 'exited with status %d' % proc.returncode
+        raise StartError('%s %s; see %s\n%s' % (argv[0], how, log, _tail(log)))
     if not daemonizes:
         proc.returncode = 0   # it outlives us on purpose: no "still running" warning
     return pid

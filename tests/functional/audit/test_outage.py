@@ -1,4 +1,5 @@
-"""The database goes away mid-stream and comes back: nothing lost, nothing doubled.
+"""The database goes away mid-stream and comes back: nothing lost, nothing doubled,
+nothing requeued (the consumer holds what it has until the database is back).
 
 SQLite: another process holds the write lock for a few seconds (serve's busy
 timeout is shorter). PostgreSQL: the throwaway database refuses connections and
@@ -61,9 +62,8 @@ def test_database_outage_mid_stream(broker, backend, make_serve):
     print('\n[%s] outage %ds; %d requeued; caught up %.1fs after it; per consumer: %s'
           % (backend.name, OUTAGE_SECONDS, requeued, caught_up, counts))
 
-    assert requeued > 0, 'the outage was felt'
-    # a requeue loop without back-off would requeue hundreds of thousands in 4 s
-    assert requeued < 5 * MESSAGES, 'requeues backed off instead of looping'
+    # held, not requeued: a requeue would count a delivery toward the quorum limit
+    assert requeued == 0, 'the outage was waited out in place'
     assert sum(c['stored'] for c in counts) == MESSAGES
     assert sum(c['duplicate'] for c in counts) == DUPLICATES
     assert sum(c['rejected'] for c in counts) == 0

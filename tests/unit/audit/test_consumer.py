@@ -1,7 +1,8 @@
-"""The endpoint decides each message's fate: stored, duplicate, rejected or requeued."""
+"""The endpoint decides each message's fate: stored, duplicate, rejected, held or requeued."""
 import datetime
 import json
 import logging as logging_std
+import threading
 import time
 
 from oslo_context import context as o_context
@@ -9,6 +10,7 @@ import oslo_messaging as messaging
 import pytest
 from sqlalchemy import exc as sa_exc
 
+from attachworker import exception
 from attachworker.audit import backoff
 from attachworker.audit import consumer
 from attachworker.audit import contract
@@ -61,23 +63,97 @@ def test_a_long_rejected_message_keeps_a_truncated_excerpt(endpoint, engine):
     assert rejected['size'] > 10000
 
 
-def test_a_database_error_requeues_after_a_growing_pause(endpoint, engine, lock_database):
+class Flaky:
+    """A store whose writes fail as an outage would, ``failures`` times, then work."""
+
+    def __init__(self, real, failures):
+        self.real, self.failures, self.calls = real, failures, 0
+
+    def _maybe_fail(self):
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise exception.AuditStoreUnavailable(reason='down')
+
+    def record_events(self, events):
+        self._maybe_fail()
+        return self.real.record_events(events)
+
+    def record_rejected(self, **row):
+        self._maybe_fail()
+        return self.real.record_rejected(**row)
+
+
+def held_endpoint(audit_store, failures, waits):
+    endpoint = consumer.AuditEndpoint(Flaky(audit_store, failures),
+                                      max_message_size=65536, excerpt_length=64,
+                                      backoff=backoff.Backoff(0.05, 0.2))
+    stopping = endpoint._stopping
+
+    def wait(delay):  # record the back-off instead of sleeping it
+        waits.append(delay)
+        return stopping.is_set()
+    endpoint._stopping = type('Stopping', (), {'wait': staticmethod(wait),
+                                               'set': stopping.set,
+                                               'is_set': stopping.is_set})()
+    return endpoint
+
+
+def test_an_outage_holds_the_batch_and_stores_it_once_back(audit_store, engine):
+    waits = []
+    endpoint = held_endpoint(audit_store, 5, waits)
+    batch = [notification('attach', 'start') for _ in range(3)]
+    assert endpoint.handle_batch(batch) == [HANDLED] * 3
+    assert waits == [0.05, 0.1, 0.2, 0.2, 0.2]  # the back-off, up to its maximum
+    assert count(engine, models.events) == 3
+    assert endpoint.counts == {'stored': 3, 'duplicate': 0, 'rejected': 0, 'requeued': 0}
+    assert endpoint.held == 3
+    waits.clear()  # the success reset the back-off
+    endpoint._store.failures = endpoint._store.calls + 1
+    assert endpoint.handle(*notification('attach', 'end')) == HANDLED
+    assert waits == [0.05]
+
+
+def test_a_message_rejected_during_an_outage_is_held_then_kept(audit_store, engine):
+    waits = []
+    endpoint = held_endpoint(audit_store, 2, waits)
+    assert endpoint.handle({}, {'not': 'ours'}) == HANDLED
+    assert (waits, count(engine, models.rejected)) == ([0.05, 0.1], 1)
+    assert endpoint.counts['rejected'] == 1 and endpoint.counts['requeued'] == 0
+
+
+def test_stopping_during_an_outage_requeues_the_held_batch_once(audit_store, engine):
+    endpoint = consumer.AuditEndpoint(Flaky(audit_store, 10 ** 6),
+                                      max_message_size=65536, excerpt_length=64,
+                                      backoff=backoff.Backoff(30, 30))
+    fates = []
+    handler = threading.Thread(target=lambda: fates.extend(endpoint.handle_batch(
+        [notification('attach', 'start') for _ in range(2)])))
+    handler.start()
+    deadline = time.monotonic() + 5
+    while not endpoint.held and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert endpoint.drain(0.1) == 2  # held: still in flight, neither acked nor requeued
+    began = time.monotonic()
+    endpoint.stop()
+    handler.join(5)
+    assert time.monotonic() - began < 2
+    assert fates == [REQUEUE] * 2
+    assert endpoint.counts['requeued'] == 2 and endpoint._store.calls == 1
+    assert count(engine, models.events) == 0
+
+
+def test_a_locked_database_is_waited_out(endpoint, engine, lock_database):
     conn = lock_database()
-    pauses = []
-    for _ in range(3):
-        began = time.monotonic()
-        assert endpoint.handle(*notification('attach', 'start')) == REQUEUE
-        pauses.append(time.monotonic() - began)
-    # each try waits the lock's busy timeout (0.2 s) plus the back-off: 0.05, 0.1, 0.2
-    assert pauses[0] < pauses[2]
-    assert pauses[2] >= 0.2 + 0.2
+    fates = []
+    handler = threading.Thread(target=lambda: fates.append(
+        endpoint.handle(*notification('attach', 'start'))))
+    handler.start()
+    time.sleep(1)
+    assert fates == [] and endpoint.held == 1
     conn.execute('ROLLBACK')
-    assert endpoint.handle(*notification('attach', 'start')) == HANDLED
-    assert endpoint.counts['requeued'] == 3
-    began = time.monotonic()  # the success reset the pause to its start
-    conn = lock_database()
-    assert endpoint.handle(*notification('attach', 'start')) == REQUEUE
-    assert time.monotonic() - began < pauses[2]
+    handler.join(5)
+    assert fates == [HANDLED] and count(engine, models.events) == 1
+    assert endpoint.counts['requeued'] == 0
 
 
 def test_backoff_doubles_up_to_its_maximum_and_resets():
@@ -85,12 +161,6 @@ def test_backoff_doubles_up_to_its_maximum_and_resets():
     assert [pause.failed() for _ in range(5)] == [0.1, 0.2, 0.4, 0.5, 0.5]
     pause.succeeded()
     assert pause.failed() == 0.1
-
-
-def test_rejecting_while_the_database_is_down_requeues(endpoint, engine, lock_database):
-    lock_database()
-    assert endpoint.handle({}, {'not': 'ours'}) == REQUEUE
-    assert endpoint.counts['rejected'] == 0
 
 
 def test_stop_cuts_a_back_off_short(audit_store, lock_database):

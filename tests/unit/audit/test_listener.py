@@ -1,6 +1,7 @@
 """oslo.messaging wiring: every message reaches the endpoint or the rejected table."""
 import json
 import pickle
+import threading
 import time
 import uuid
 
@@ -62,11 +63,16 @@ def test_a_batch_is_stored_together_and_only_failures_requeued(endpoint, engine,
     assert dispatcher.dispatch(good[:2] + [bad]) == set()
     assert (count(engine, models.events), count(engine, models.rejected)) == (2, 1)
     conn = lock_database()
-    assert dispatcher.dispatch(good) == set(good)  # the database is away: all requeued
+    requeue = []  # the database is away: the batch is held, then stored
+    handler = threading.Thread(target=lambda: requeue.append(dispatcher.dispatch(good)))
+    handler.start()
+    time.sleep(0.5)
+    assert requeue == [] and endpoint.held == 3
     conn.execute('ROLLBACK')
-    assert dispatcher.dispatch(good) == set()       # redelivered: the new one stored
+    handler.join(5)
+    assert requeue == [set()]
     assert count(engine, models.events) == 3
-    assert endpoint.counts == {'stored': 3, 'duplicate': 2, 'rejected': 1, 'requeued': 3}
+    assert endpoint.counts == {'stored': 3, 'duplicate': 2, 'rejected': 1, 'requeued': 0}
 
 
 # --- the raw-body guard in front of the rabbit driver's consumer callback -----------
@@ -125,12 +131,42 @@ def test_a_good_body_goes_on_to_oslo_messaging_unacked(guard, engine):
     assert count(engine, models.rejected) == 0
 
 
-def test_a_body_is_requeued_when_even_rejecting_fails(guard, lock_database):
+def test_a_body_is_requeued_when_even_rejecting_fails_while_stopping(guard,
+                                                                     lock_database):
     guard_, _ = guard
     lock_database()
+    guard_._endpoint.stop()
     raw = FakeKombuMessage(b'garbage')
     guard_(raw)
     assert raw.settled == 'requeue'
+
+
+class Operations:
+    """The poller's MessageOperationsHandler: tasks for the polling thread."""
+
+    def __init__(self):
+        self.tasks = []
+
+    def do(self, task):
+        self.tasks.append(task)
+
+
+def test_a_body_is_held_off_the_polling_thread_while_rejecting_fails(endpoint, engine,
+                                                                     lock_database):
+    operations = Operations()
+    guard_ = listener.RawMessageGuard(FakeConsumer(), endpoint, 4096, operations)
+    conn = lock_database()
+    raw = FakeKombuMessage(b'garbage')
+    began = time.monotonic()
+    guard_(raw)  # returns after one attempt: the polling thread goes on
+    assert time.monotonic() - began < 1 and raw.settled is None
+    time.sleep(0.3)
+    assert endpoint.drain(0) == 1 and operations.tasks == []
+    conn.execute('ROLLBACK')
+    wait_for(lambda: operations.tasks)
+    operations.tasks[0]()  # on the polling thread
+    assert raw.settled == 'ack' and count(engine, models.rejected) == 1
+    assert endpoint.drain(1) == 0 and endpoint.counts['requeued'] == 0
 
 
 # --- the whole listener over oslo.messaging's fake:// transport ----------------------
@@ -178,7 +214,7 @@ def test_published_notifications_are_stored_and_duplicates_ignored(transport, en
     assert endpoint.counts['duplicate'] == 1
 
 
-def test_a_message_requeued_during_an_outage_is_stored_once_after(transport, endpoint,
+def test_a_message_held_during_an_outage_is_stored_once_after(transport, endpoint,
                                                                   engine, lock_database):
     server = listener.get_listener(transport, rpc.NOTIFICATION_TOPIC, endpoint,
                                    'audit-unit', 65536, batch_size=8, batch_timeout=0.05)
@@ -186,9 +222,11 @@ def test_a_message_requeued_during_an_outage_is_stored_once_after(transport, end
     server.start()
     try:
         testing.Publisher(transport).notify('attach', 'start', testing.payload())
-        wait_for(lambda: endpoint.counts['requeued'] >= 2)
+        wait_for(lambda: endpoint.held == 1)
+        time.sleep(0.5)
         conn.execute('ROLLBACK')
         wait_for(lambda: endpoint.counts['stored'] == 1)
+        assert endpoint.counts['requeued'] == 0 and endpoint.held == 1
     finally:
         server.stop()
         server.wait()

@@ -177,3 +177,30 @@ def test_find_matches_substrings_so_markers_must_be_unique(tmp_path, marker):
     assert pid in daemons.find(marker)
     assert pid not in daemons.find(marker + ' ')   # a trailing space anchors the end
     os.kill(pid, signal.SIGKILL)
+
+
+def test_an_empty_marker_raises_as_it_would_match_every_process(tmp_path):
+    for bad in ('', (), ('x', '')):
+        with pytest.raises(ValueError):
+            daemons.is_ours(os.getpid(), bad)
+        with pytest.raises(ValueError):
+            daemons.running(str(tmp_path / 'none.pid'), bad)
+
+
+def test_stop_pidfile_names_the_children_as_told(tmp_path, marker):
+    script = '(%s) & wait' % SLEEP_AS_MARKER
+    pidfile = str(tmp_path / 'd.pid')
+    pid = daemons.start(['bash', '-c', script, marker], pidfile, marker, str(tmp_path / 'd.log'))
+    assert wait_for(lambda: [p for p in daemons.descendants(pid) if alive(p, marker)])
+    lines = []
+    daemons.stop_pidfile(pidfile, marker, 'svc', log=lines.append, kids_label='svc workers')
+    assert [line.split(' (')[0] for line in lines] == ['stopped svc', 'stopped svc workers']
+
+
+def test_a_started_process_that_never_shows_its_marker_is_killed(tmp_path, marker):
+    pidfile = str(tmp_path / 'd.pid')
+    with pytest.raises(daemons.StartError) as err:
+        daemons.start(['bash', '-c', SLEEP_AS_MARKER, marker + '-wrong'], pidfile,
+                      marker + '-right', str(tmp_path / 'd.log'), timeout=0.3)
+    assert 'did not show' in str(err.value)
+    assert daemons.cmdline(daemons.read_pidfile(pidfile)) is None
