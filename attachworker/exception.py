@@ -230,7 +230,8 @@ class MalformedNotification(AttachWorkerException):
 
 
 class AuditStoreUnavailable(AttachWorkerException):
-    """The audit database cannot be reached or is locked; the message is requeued."""
+    """The audit database cannot be reached or is locked; the consumer holds the
+    message and tries again after a back-off."""
 
     msg_fmt = 'Audit store unavailable: %(reason)s'
     code = 503

@@ -16,7 +16,7 @@ upsert.
 
 Errors are translated here, once. Only an outage (:func:`is_outage`: the database
 cannot be reached, the connection is lost, it is locked, read-only or not set
-up) is ``AuditStoreUnavailable``: the batch is requeued, and will fit later.
+up) is ``AuditStoreUnavailable``: the consumer holds the batch and stores it later.
 Anything else raised while building or writing rows (a value the driver cannot
 adapt or the database refuses, a bug) is about the rows, so it is
 ``AuditRecordRefused``: the consumer then finds the message refused and keeps it as
