@@ -42,25 +42,27 @@ class ComputeAPI:
             transport, target, version_cap=cap, serializer=rpc.RequestContextSerializer(),
             retry=retry)
 
+    def _prepare(self, host: str, version: str, **kwargs: Any) -> Any:
+        """The client context for ``host`` at ``version``; RPCVersionCapError (nothing
+        is sent) when ``[upgrade_levels] compute`` holds the version below it."""
+        if not self.client.can_send_version(version):
+            raise messaging.RPCVersionCapError(version=version,
+                                               version_cap=self.client.version_cap)
+        return self.client.prepare(server=host, version=version, **kwargs)
+
     def attach_volume(self, ctxt: Any, host: str, instance: dict, volume_id: str,
                       mountpoint: Optional[str] = None, mode: str = 'rw',
                       attachment_id: Optional[str] = None) -> None:
         """Cast an attach to ``host``; the outcome arrives as a notification."""
-        version = '1.0'
-        cctxt = self.client.prepare(server=host, version=version)
-        cctxt.cast(ctxt, 'attach_volume', instance=instance, volume_id=volume_id,
-                   mountpoint=mountpoint, mode=mode, attachment_id=attachment_id)
+        self._prepare(host, '1.0').cast(ctxt, 'attach_volume', instance=instance,
+                                        volume_id=volume_id, mountpoint=mountpoint,
+                                        mode=mode, attachment_id=attachment_id)
 
     def detach_volume(self, ctxt: Any, host: str, instance: dict, volume_id: str,
                       attachment_id: Optional[str] = None) -> None:
         """Cast a detach to ``host`` (needs 1.1); the outcome arrives as a notification."""
-        version = '1.1'
-        if not self.client.can_send_version(version):
-            raise messaging.RPCVersionCapError(version=version,
-                                               version_cap=self.client.version_cap)
-        cctxt = self.client.prepare(server=host, version=version)
-        cctxt.cast(ctxt, 'detach_volume', instance=instance, volume_id=volume_id,
-                   attachment_id=attachment_id)
+        self._prepare(host, '1.1').cast(ctxt, 'detach_volume', instance=instance,
+                                        volume_id=volume_id, attachment_id=attachment_id)
 
     def reserve_block_device_name(self, ctxt: Any, host: str, instance: dict,
                                   volume_id: str, device: Optional[str] = None,
@@ -71,14 +73,9 @@ class ComputeAPI:
         ``exc_type`` names it (``VolumeAlreadyAttached``, ``DeviceInUse``,
         ``MultiattachNotSupported``, ``InvalidInput``), or the exception itself when
         ``attachworker.exception`` is in the transport's ``allowed_remote_exmods``."""
-        version = '1.2'
-        if not self.client.can_send_version(version):
-            raise messaging.RPCVersionCapError(version=version,
-                                               version_cap=self.client.version_cap)
-        cctxt = self.client.prepare(server=host, version=version, timeout=timeout)
-        return cctxt.call(ctxt, 'reserve_block_device_name', instance=instance,
-                          volume_id=volume_id, device=device, tag=tag,
-                          multiattach=multiattach)
+        return self._prepare(host, '1.2', timeout=timeout).call(
+            ctxt, 'reserve_block_device_name', instance=instance, volume_id=volume_id,
+            device=device, tag=tag, multiattach=multiattach)
 
     def extend_volume(self, ctxt: Any, host: str, instance: dict, volume_id: str,
                       new_size: Optional[int] = None) -> None:
@@ -87,10 +84,5 @@ class ComputeAPI:
         ``new_size`` (GiB) is advisory: the worker reads the size from Cinder and
         logs a difference. The outcome arrives as an ``instance.volume_extend``
         notification. A cap below 1.3 raises RPCVersionCapError: nothing is sent."""
-        version = '1.3'
-        if not self.client.can_send_version(version):
-            raise messaging.RPCVersionCapError(version=version,
-                                               version_cap=self.client.version_cap)
-        cctxt = self.client.prepare(server=host, version=version)
-        cctxt.cast(ctxt, 'extend_volume', instance=instance, volume_id=volume_id,
-                   new_size=new_size)
+        self._prepare(host, '1.3').cast(ctxt, 'extend_volume', instance=instance,
+                                        volume_id=volume_id, new_size=new_size)
