@@ -137,7 +137,7 @@ class LibvirtDriver(driver.VirtDriver):
             with self._reservations.locked(instance_uuid):
                 if self._present(guest, volume_id, target) is not None:
                     return  # attached by another worker meanwhile: its connection, too
-                self._attach_disk(guest, volume_id, disk.build(connection_info, spec))
+                guest.attach_new(volume_id, disk.build(connection_info, spec))
                 self._keep(guest, volume_id, keep, identity)
         except Exception as exc:
             if device_info is not None and getattr(exc, 'expected', False):
@@ -156,20 +156,6 @@ class LibvirtDriver(driver.VirtDriver):
             LOG.error('Could not undo the host connection of volume %(vol)s: %(err)s',
                       {'vol': volume_id, 'err': undo})
             exc.expected = False
-
-    def _attach_disk(self, guest: guest_mod.Guest, volume_id: str, disk_xml: str) -> None:
-        try:
-            guest.attach(disk_xml)
-        except errors.LibvirtCallFailed as exc:
-            if host_mod.connection_lost(exc.__cause__):
-                raise  # libvirtd may still be doing it: ambiguous
-            try:
-                live, config = guest.xmls()
-            except exception.AttachWorkerException:
-                raise exc from None  # cannot tell what libvirt did
-            if not (disk.by_serial(live, volume_id) or disk.by_serial(config, volume_id)):
-                raise errors.definite(exc) from exc.__cause__
-            raise
 
     def _keep(self, guest: guest_mod.Guest, volume_id: str, keep: dict, identity: dict,
               only_if_missing: bool = False) -> None:
@@ -274,26 +260,8 @@ class LibvirtDriver(driver.VirtDriver):
                 'flow': rec.get('flow'), 'attachment_id': rec.get('attachment_id'),
                 'mode': rec.get('mode'), 'attached_at': rec.get('attached_at')})
         if set(recs) - {a['volume_id'] for a in found}:
-            self._clean_records(guest)
+            guest.drop_stale_records(self._reservations)
         return sorted(found, key=lambda a: (len(a['mountpoint']), a['mountpoint']))
-
-    def _clean_records(self, guest: guest_mod.Guest) -> None:
-        """Drop the records whose disk is gone, but those with a host connection left
-        for detach_volume to undo. Best effort: a failure only postpones it."""
-        try:
-            with self._reservations.locked(guest.uuid):
-                live, config = guest.xmls()
-                recs = guest.records()
-                stale = [vol for vol, rec in recs.items()
-                         if not (disk.by_serial(live, vol) or disk.by_serial(config, vol))
-                         and not (rec.get('connection') or {}).get('device_info')]
-                if stale:
-                    guest.write_records({v: r for v, r in recs.items() if v not in stale})
-                    LOG.info('Dropped the records of volumes %(vols)s: instance %(inst)s has '
-                             'no such disk', {'vols': ', '.join(sorted(stale)),
-                                              'inst': guest.uuid})
-        except exception.AttachWorkerException as exc:
-            LOG.warning('Could not drop stale records of instance %s: %s', guest.uuid, exc)
 
     # --- device names -------------------------------------------------------------------
 

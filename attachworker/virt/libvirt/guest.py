@@ -12,6 +12,7 @@ from typing import Optional
 
 from oslo_log import log as logging
 
+from attachworker import exception
 from attachworker.virt.libvirt import disk
 from attachworker.virt.libvirt import errors
 from attachworker.virt.libvirt import host as host_mod
@@ -57,6 +58,40 @@ class Guest:
     def attach(self, disk_xml: str) -> None:
         with self._call('attach the disk'):
             self.dom.attachDeviceFlags(disk_xml, records.flags(self.dom))
+
+    def attach_new(self, volume_id: str, disk_xml: str) -> None:
+        """Attach a disk the domain does not have; a failure is definite when libvirt
+        answered and neither XML has the disk (nothing to undo in the guest)."""
+        try:
+            self.attach(disk_xml)
+        except errors.LibvirtCallFailed as exc:
+            if host_mod.connection_lost(exc.__cause__):
+                raise  # libvirtd may still be doing it: ambiguous
+            try:
+                live, config = self.xmls()
+            except exception.AttachWorkerException:
+                raise exc from None  # cannot tell what libvirt did
+            if not (disk.by_serial(live, volume_id) or disk.by_serial(config, volume_id)):
+                raise errors.definite(exc) from exc.__cause__
+            raise
+
+    def drop_stale_records(self, reservations: Any) -> None:
+        """Drop the records whose disk is gone, but those with a host connection left
+        for detach_volume to undo. Best effort: a failure only postpones it."""
+        try:
+            with reservations.locked(self.uuid):
+                live, config = self.xmls()
+                recs = self.records()
+                stale = [vol for vol, rec in recs.items()
+                         if not (disk.by_serial(live, vol) or disk.by_serial(config, vol))
+                         and not (rec.get('connection') or {}).get('device_info')]
+                if stale:
+                    self.write_records({v: r for v, r in recs.items() if v not in stale})
+                    LOG.info('Dropped the records of volumes %(vols)s: instance %(inst)s has '
+                             'no such disk', {'vols': ', '.join(sorted(stale)),
+                                              'inst': self.uuid})
+        except exception.AttachWorkerException as exc:
+            LOG.warning('Could not drop stale records of instance %s: %s', self.uuid, exc)
 
     def define(self, domain_xml: str) -> None:
         """Replace the persistent definition (of a stopped domain) in one call."""
