@@ -193,11 +193,28 @@ def _is_call(incoming: Any) -> bool:
 
 
 class ComputeRPCServer(rpc_server.RPCServer):
-    """An RPCServer whose casts are acknowledged once journalled."""
+    """An RPCServer whose casts are acknowledged once journalled.
 
-    def __init__(self, *args: Any, known_cast: Any = None, **kwargs: Any) -> None:
+    ``route(incoming)`` (``[worker] workers`` > 1): casts go to it instead of the
+    thread pool, on the listener's poll thread, so in the order they were delivered
+    (attachworker.worker.workers); calls still run here, in the pool.
+    """
+
+    def __init__(self, *args: Any, known_cast: Any = None, route: Any = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._known_cast = known_cast
+        self._route = route
+
+    def _on_incoming(self, incoming: Any) -> None:
+        if self._route is None or _is_call(incoming[0]):
+            return super()._on_incoming(incoming)
+        for message in incoming:
+            try:
+                self._route(message)
+            except Exception:  # noqa: BLE001 - the poll thread must go on
+                LOG.exception('Could not hand a cast to a worker process; it stays '
+                              'unacknowledged, for the broker to deliver again')
 
     def _create_listener(self) -> Any:
         listener = super()._create_listener()
@@ -206,17 +223,22 @@ class ComputeRPCServer(rpc_server.RPCServer):
         return listener
 
 
+def get_dispatcher(endpoint: Any, on_reject: Any) -> Dispatcher:
+    return Dispatcher([endpoint], RequestContextSerializer(), on_reject)
+
+
 def get_rpc_server(transport: messaging.Transport, host: str, endpoint: Any,
-                   on_reject: Any, known_cast: Any = None) -> messaging.MessageHandlingServer:
+                   on_reject: Any, known_cast: Any = None,
+                   route: Any = None) -> messaging.MessageHandlingServer:
     """An RPC server on topic ``compute``, server ``host``, threading executor.
 
     ``known_cast(unique_id)`` says whether the journal has a cast: with it, casts
-    are acknowledged once journalled (attachworker.worker.delivery).
+    are acknowledged once journalled (attachworker.worker.delivery). ``route``:
+    casts are handed to it (ComputeRPCServer).
     """
     target = messaging.Target(topic=TOPIC, server=host)
-    dispatcher = Dispatcher([endpoint], RequestContextSerializer(), on_reject)
-    return ComputeRPCServer(transport, target, dispatcher, executor='threading',
-                            known_cast=known_cast)
+    return ComputeRPCServer(transport, target, get_dispatcher(endpoint, on_reject),
+                            executor='threading', known_cast=known_cast, route=route)
 
 
 def brokers(conf: cfg.ConfigOpts) -> str:

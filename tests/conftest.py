@@ -1,4 +1,7 @@
-"""Fixtures shared by the functional and integration tests."""
+"""Fixtures shared by the functional and integration tests; a guard for all tests."""
+import os
+import threading
+
 import pytest
 
 from tests.harness import Controller
@@ -16,6 +19,33 @@ def controller():
     yield connect
     for ctl in opened:
         ctl.close()
+
+
+# --- no silent exit ------------------------------------------------------------------
+# The worker's last-resort timers end the process with os._exit(0). One left running by
+# a test would end pytest itself, quietly, with status 0 and the rest of the suite never
+# run. In pytest's own process os._exit only records the call (and ends the calling
+# thread); the run then fails. Processes forked from it exit as usual.
+_PYTEST_PID = os.getpid()
+_REAL_EXIT = os._exit
+_EXITS = []
+
+
+def _guarded_exit(code):
+    if os.getpid() != _PYTEST_PID:
+        _REAL_EXIT(code)
+    _EXITS.append((code, threading.current_thread().name))
+    raise SystemExit(code)
+
+
+os._exit = _guarded_exit
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _EXITS:
+        print('\nos._exit was called in the test process (thread, code): %s' % (
+            ', '.join('%s %s' % (name, code) for code, name in _EXITS)))
+        session.exitstatus = 1
 
 
 # --- figures -------------------------------------------------------------------------

@@ -4,6 +4,27 @@ from oslo_config import cfg
 GROUP = 'worker'
 
 worker_opts = [
+    cfg.IntOpt('workers',
+               default=1,
+               min=1,
+               help="""
+Processes that serve this host's casts, as nova-conductor's ``workers``. 1
+(the default): one process consumes the host queue and runs every cast in
+its thread pool, as it always has; a pipeline waiting on Cinder is served
+well by threads alone, and one process is the simplest to run. More than 1
+is for a worker that is CPU-bound (one Python process uses one core at
+most): set it to the cores the host gives the worker. The main process
+then runs start-up recovery once, is the only consumer of the host queue,
+answers ``reserve_block_device_name`` itself, and hands each cast to one
+of N child processes chosen by a stable hash of its instance uuid; a child
+runs one instance's casts one at a time, in the order they arrived, so
+per-instance order holds. A child that dies is replaced once its
+unfinished operations are recovered; SIGTERM drains every child. Periodic
+recovery, the outbox flush, reservation expiry and ``[metrics] port`` stay
+in the main process: the children's per-cast counters are not exported.
+The default ``rabbit_qos_prefetch_count`` becomes N times 64 (what N
+children's threads take).
+"""),
     cfg.IntOpt('graceful_shutdown_timeout',
                default=60,
                min=0,

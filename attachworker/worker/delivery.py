@@ -15,6 +15,9 @@ holds nothing back. For the compute worker's rabbit consumers,
 * a cast delivered again (after a kill, or after a reconnect) whose
   ``_unique_id`` the journal already has is acknowledged and dropped; the
   journal's row gets its one outcome (the run, or recovery).
+* ``deferred_requeue`` gives a cast back to the broker the same way (with
+  ``[worker] workers`` > 1, for one that keeps killing the child it is handed to: the
+  broker counts its deliveries, see ``rpc.QUORUM_DELIVERY_LIMIT``).
 * an RPC **call** keeps oslo.messaging's ack on arrival: its caller waits for the
   answer and retries itself (at most once, as oslo.messaging documents).
 
@@ -72,6 +75,14 @@ def delivering(incoming: Any) -> Iterator[Delivery]:
         _current.delivery = None
 
 
+def _requeue(message: Any) -> None:
+    try:
+        message.requeue()
+    except Exception as exc:  # noqa: BLE001 - the connection it came on is gone
+        LOG.warning('Could not requeue a cast (it will be delivered again when the '
+                    'connection closes): %s', exc)
+
+
 def _acknowledge(message: Any) -> None:
     try:
         message.acknowledge()
@@ -114,9 +125,13 @@ class DeferredAck:
         before = len(self._listener.incoming)
         amqpdriver.AMQPListener.__call__(self._listener, message)  # no ack
         if len(self._listener.incoming) > before:
-            self._listener.incoming[-1].deferred_ack = functools.partial(
-                self._listener._message_operations_handler.do,
-                functools.partial(_acknowledge, message))
+            handler = self._listener._message_operations_handler
+            incoming = self._listener.incoming[-1]
+            incoming.deferred_ack = functools.partial(
+                handler.do, functools.partial(_acknowledge, message))
+            # for [worker] workers > 1: back to the broker, which counts the delivery
+            incoming.deferred_requeue = functools.partial(
+                handler.do, functools.partial(_requeue, message))
 
 
 def install(listener: Any, known_cast: Callable[[str], bool]) -> bool:

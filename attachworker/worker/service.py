@@ -10,6 +10,12 @@ operation still running stops at its next step, is undone and publishes its
 ``.error``. If a call still hangs after ``ABORT_GRACE`` more seconds the process
 exits anyway: the journal records every step before it runs, so the next start
 recovers what was cut. The exit status is 0.
+
+With ``[worker] workers = N > 1`` this is the main process, and ``workers`` its
+children (attachworker.worker.workers.Supervisor): they start after start-up
+recovery, before the server consumes; the signals above are forwarded to them
+(``stop``, then ``abort``), the drain waits for every child to exit before the
+server's connection is closed, and the last resort kills children still running.
 """
 import logging as logging_std
 import os
@@ -29,12 +35,16 @@ ABORT_GRACE = 30
 FLUSH_INTERVAL = 5
 #: Seconds that start-up recovery gets to finish its operation after SIGTERM.
 STARTUP_STOP_GRACE = 5
+#: With children: extra seconds the main process grants them after ABORT_GRACE (they
+#: run the same timers, started a moment later) before it kills them and exits.
+CHILDREN_GRACE = 10
 
 
 class WorkerService:
     def __init__(self, server: Any, manager: Any, recovery: Any, outbox: Any,
-                 conf: Any) -> None:
+                 conf: Any, workers: Any = None) -> None:
         self._server = server
+        self._workers = workers
         self._manager = manager
         self._recovery = recovery
         self._outbox = outbox
@@ -63,17 +73,25 @@ class WorkerService:
             self.close_journal()
             LOG.info('attachworker-compute stopped during start-up recovery')
             return 0
+        if self._workers is not None and not self._workers.start(self._stop):
+            self._stop_workers()
+            self.close_journal()
+            LOG.info('attachworker-compute stopped while starting its worker processes')
+            return 0 if self._stop.is_set() else 1
         if not rpc.start_server(self._server, self._stop, self._conf, 'attachworker-compute'):
+            self._stop_workers()
             self.exit_now(0)  # the thread still trying to connect would hold the exit
         LOG.info('attachworker-compute ready')
         threading.Thread(target=self._periodic, name='reconcile', daemon=True).start()
         while not self._stop.wait(1.0):
             pass
         self._server.stop()
+        if self._workers is not None:
+            self._workers.stop()
         timer = threading.Timer(self._timeout, self._timed_out)
         timer.daemon = True
         timer.start()
-        waiter = threading.Thread(target=self._server.wait, name='drain', daemon=True)
+        waiter = threading.Thread(target=self._drain, name='drain', daemon=True)
         waiter.start()
         while waiter.is_alive():
             waiter.join(1.0)
@@ -83,6 +101,17 @@ class WorkerService:
         self.close_journal()
         LOG.info('attachworker-compute stopped')
         return 0
+
+    def _drain(self) -> None:
+        if self._workers is not None:
+            self._workers.wait()  # their acks still go out: the listener is only stopped
+        self._server.wait()
+
+    def _stop_workers(self) -> None:
+        if self._workers is not None:
+            self._workers.stop()
+            if not self._workers.wait(self._timeout + ABORT_GRACE + CHILDREN_GRACE):
+                self._workers.kill()
 
     def _start_up(self) -> bool:
         """Recovery before consuming, in a thread so that SIGTERM is heard at once.
@@ -133,7 +162,10 @@ class WorkerService:
 
     def _abort(self) -> None:
         self._manager.abort.set()
-        killer = threading.Timer(ABORT_GRACE, self._exit_now)
+        if self._workers is not None:
+            self._workers.abort()
+        killer = threading.Timer(ABORT_GRACE + (CHILDREN_GRACE if self._workers else 0),
+                                 self._exit_now)
         killer.daemon = True
         killer.start()
 
@@ -152,6 +184,8 @@ class WorkerService:
 
     def exit_now(self, code: int) -> None:
         """Exit at once, journal and logs flushed, whatever threads still run."""
+        if self._workers is not None:
+            self._workers.kill()
         self.close_journal()
         LOG.info('attachworker-compute stopped')
         for handler in logging_std.getLogger().handlers:
