@@ -17,7 +17,7 @@ naming and restarts work. An instance's record::
 
 ``size_bytes`` is the size the last ``extend_volume`` gave the disk (absent before
 one). Only those fields are stored: ``connection_info['data']`` carries CHAP secrets.
-Every call takes the store's lock and re-reads its instance's file, so the worker's
+Every call takes its instance's lock and re-reads its instance's file, so the worker's
 threads and other processes never overwrite each other's records.
 """
 import datetime
@@ -70,8 +70,8 @@ class FakeDriver(driver.VirtDriver):
         super().__init__(conf)
         self._store = fake_store.Store(os.path.join(conf.state_path, 'fake-virt'))
 
-    def _locked(self):
-        return self._store.locked()
+    def _locked(self, instance_uuid: str):
+        return self._store.locked(instance_uuid)
 
     def _update(self, instance_uuid: str, change) -> Any:
         """Apply ``change(state)`` to the instance's record; persisted before it is
@@ -130,7 +130,7 @@ class FakeDriver(driver.VirtDriver):
             }
             return True
 
-        with self._locked():
+        with self._locked(instance_uuid):
             attached = self._update(instance_uuid, change)
         LOG.info('%(what)s volume %(vol)s to instance %(inst)s at %(mp)s',
                  {'what': 'Attached' if attached else 'Already attached',
@@ -146,7 +146,7 @@ class FakeDriver(driver.VirtDriver):
             inst.get('reserved_at', {}).pop(volume_id, None)
             return inst['attachments'].pop(volume_id, None)
 
-        with self._locked():
+        with self._locked(instance_uuid):
             detached = self._update(instance_uuid, change)
         if detached is None:
             LOG.info('Volume %(vol)s is not attached to instance %(inst)s; nothing to detach',
@@ -177,7 +177,7 @@ class FakeDriver(driver.VirtDriver):
             current['size_bytes'] = new_size
             return old
 
-        with self._locked():
+        with self._locked(instance_uuid):
             old = self._update(instance_uuid, change)
         LOG.info('Extended volume %(vol)s of instance %(inst)s to %(size)d bytes (was %(old)s)',
                  {'vol': volume_id, 'inst': instance_uuid, 'size': new_size,
@@ -206,14 +206,14 @@ class FakeDriver(driver.VirtDriver):
                            flow=record.get('flow'), attachment_id=record.get('attachment_id'),
                            mode='ro' if 'ro' in (record.get('mode'), access_mode) else 'rw')
 
-        with self._locked():
+        with self._locked(instance_uuid):
             self._update(instance_uuid, change)
         LOG.info('Refreshed the connection of volume %(vol)s on instance %(inst)s: '
                  'attachment %(att)s', {'vol': volume_id, 'inst': instance_uuid,
                                         'att': record.get('attachment_id')})
 
     def get_attachments(self, instance_uuid: str) -> list[dict]:
-        with self._locked():
+        with self._locked(instance_uuid):
             records = [dict({'size_bytes': None}, **record) for record in
                        self._store.load(instance_uuid)['attachments'].values()]
         # /dev/vdz before /dev/vdaa, as the disks were handed out.
@@ -243,7 +243,7 @@ class FakeDriver(driver.VirtDriver):
             inst.setdefault('reserved_at', {})[volume_id] = time.time()
             return chosen
 
-        with self._locked():
+        with self._locked(instance_uuid):
             return self._update(instance_uuid, change)
 
     def release_device_name(self, instance_uuid: str, volume_id: str) -> None:
@@ -252,12 +252,11 @@ class FakeDriver(driver.VirtDriver):
             inst['reservations'].pop(volume_id, None)
             inst.get('reserved_at', {}).pop(volume_id, None)
 
-        with self._locked():
+        with self._locked(instance_uuid):
             self._update(instance_uuid, change)
 
     def reservations(self) -> list[dict]:
-        with self._locked():
-            index = self._store.reservations()
+        index = self._store.reservations()
         return [{'instance_uuid': uuid, 'volume_id': vol, 'device': device,
                  'reserved_at': reserved_at}
                 for uuid, volumes in index.items()

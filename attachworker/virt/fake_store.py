@@ -6,8 +6,9 @@ marks each instance that has reservations (for their expiry), so nothing ever re
 all instances. A call reads and rewrites only the file of its instance (and creates
 or removes its marker), so its cost does not grow with the number of instances, of
 reservations or with history. Files are written atomically (temporary file,
-fsync, rename, directory fsync) with mode 0600, under a thread lock and an flock on
-``.lock`` shared by every process of the host. A journal of the first release
+fsync, rename, directory fsync) with mode 0600, under the instance's lock: a thread
+lock and an flock on ``locks/<instance uuid>.lock`` shared by every process of the
+host (calls for different instances never wait for each other). A journal of the first release
 (``attachments.json``, every instance in one file) is split up once, and the
 reservation index of the second (``reservations.json``) becomes markers once.
 """
@@ -20,6 +21,7 @@ import threading
 from typing import Any
 from typing import Callable
 from typing import Iterator
+from typing import Optional
 
 from oslo_log import log as logging
 
@@ -51,9 +53,11 @@ class Store:
         self.dir = directory
         self._instances = os.path.join(directory, 'instances')
         self._reserved = os.path.join(directory, 'reserved')
-        self._lock = threading.Lock()
+        self._guard = threading.Lock()
+        self._locks: dict = {}  # lock file name -> [thread lock, users]
         os.makedirs(self._instances, mode=0o700, exist_ok=True)
         os.makedirs(self._reserved, mode=0o700, exist_ok=True)
+        os.makedirs(os.path.join(directory, 'locks'), mode=0o700, exist_ok=True)
         with self.locked():
             self._split_old_file()
             self._index_to_markers()
@@ -64,14 +68,26 @@ class Store:
         return os.path.join(self._instances, instance_uuid + '.json')
 
     @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        """This process's threads and other processes, one at a time."""
-        with self._lock, open(os.path.join(self.dir, '.lock'), 'a') as lock_file:
-            fcntl.flock(lock_file, fcntl.LOCK_EX)
-            yield
+    def locked(self, instance_uuid: Optional[str] = None) -> Iterator[None]:
+        """One instance's records (without one: the whole store, for the upgrades at
+        start): this process's threads and other processes, one at a time."""
+        name = '.lock' if instance_uuid is None else os.path.join(
+            'locks', os.path.basename(self.path(instance_uuid))[:-len('.json')] + '.lock')
+        with self._guard:
+            entry = self._locks.setdefault(name, [threading.Lock(), 0])
+            entry[1] += 1
+        try:
+            with entry[0], open(os.path.join(self.dir, name), 'a') as lock_file:
+                fcntl.flock(lock_file, fcntl.LOCK_EX)
+                yield
+        finally:
+            with self._guard:
+                entry[1] -= 1
+                if not entry[1]:
+                    del self._locks[name]
 
     def load(self, instance_uuid: str) -> dict:
-        """One instance's records (call with the lock held)."""
+        """One instance's records (call with its lock held)."""
         inst = _read(self.path(instance_uuid), EMPTY)
         for key, value in EMPTY.items():
             inst.setdefault(key, copy.deepcopy(value))
@@ -79,7 +95,7 @@ class Store:
 
     def update(self, instance_uuid: str, change: Callable[[dict], Any]) -> Any:
         """Apply ``change(instance record)`` to a copy and persist it if it changed
-        (call with the lock held); returns what ``change`` returned."""
+        (call with its lock held); returns what ``change`` returned."""
         old = self.load(instance_uuid)
         new = copy.deepcopy(old)
         result = change(new)
@@ -114,11 +130,16 @@ class Store:
                 from exc
 
     def reservations(self) -> dict:
-        """{instance uuid: {volume id: [device, reserved_at]}} (lock held)."""
+        """{instance uuid: {volume id: [device, reserved_at]}}; takes each marked
+        instance's lock in turn (call with no lock held)."""
         found = {}
         for instance_uuid in sorted(os.listdir(self._reserved)):
             try:
-                inst = self.load(instance_uuid)
+                with self.locked(instance_uuid):
+                    inst = self.load(instance_uuid)
+                    if not inst['reservations']:
+                        # a crash between the instance's file and its marker
+                        self._index_instance(instance_uuid, inst)
             except exception.AttachWorkerException as exc:
                 # one bad file must not hide every other reservation (nor stop the
                 # housekeeping round this runs in)
@@ -129,8 +150,6 @@ class Store:
                 found[instance_uuid] = {
                     vol: [device, inst['reserved_at'].get(vol, 0.0)]
                     for vol, device in inst['reservations'].items()}
-            else:  # a crash between the instance's file and its marker
-                self._index_instance(instance_uuid, inst)
         return found
 
     def _index_to_markers(self) -> None:

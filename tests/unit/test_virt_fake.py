@@ -222,7 +222,8 @@ def test_state_file_is_written_atomically_and_privately(conf, driver):
     driver.attach_volume(None, iscsi_info(), INSTANCE, '/dev/vdb', VOL_A)
     state_dir = os.path.dirname(state_file(conf))
     # no temp file left; .lock is the flock other processes share
-    assert sorted(os.listdir(os.path.dirname(state_dir))) == ['.lock', 'instances', 'reserved']
+    assert sorted(os.listdir(os.path.dirname(state_dir))) == ['.lock', 'instances', 'locks',
+                                                             'reserved']
     assert os.listdir(state_dir) == [INSTANCE['uuid'] + '.json']
     assert os.stat(state_file(conf)).st_mode & 0o077 == 0
 
@@ -356,3 +357,32 @@ def test_a_crash_between_a_reservations_file_and_its_marker_loses_nothing(conf, 
     # the file still has the reservation, so its marker is still there: expiry finds it
     assert [r['volume_id'] for r in driver.reservations()] == [VOL_A]
     assert os.path.exists(marker)
+
+
+def test_an_instance_held_by_another_process_waits_only_its_own_calls(conf, driver):
+    """The lock is per instance and shared by every process of the host: while another
+    process holds one instance's, a call for it waits and one for another instance
+    does not."""
+    import subprocess
+    import sys
+    lock = os.path.join(conf.state_path, 'fake-virt', 'locks', INSTANCE['uuid'] + '.lock')
+    holder = subprocess.Popen(
+        [sys.executable, '-c', 'import fcntl, sys, time\n'
+         'f = open(sys.argv[1], "a"); fcntl.flock(f, fcntl.LOCK_EX)\n'
+         'print("held", flush=True); sys.stdin.readline()', lock],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == 'held'
+        blocked = threading.Thread(target=driver.attach_volume,
+                                   args=(None, iscsi_info(), INSTANCE, '/dev/vdb', VOL_A))
+        blocked.start()
+        driver.attach_volume(None, iscsi_info(), OTHER_INSTANCE, '/dev/vdb', VOL_B)
+        assert driver.get_attachments(OTHER_INSTANCE['uuid'])  # did not wait
+        blocked.join(0.5)
+        assert blocked.is_alive()  # waits for the other process
+    finally:
+        holder.stdin.write('\n')
+        holder.stdin.flush()
+        holder.wait(10)
+    blocked.join(10)
+    assert [a['volume_id'] for a in driver.get_attachments(INSTANCE['uuid'])] == [VOL_A]
