@@ -54,9 +54,11 @@ def can_refresh(driver: Any, volume: dict, req: Any) -> tuple:
                     if a['volume_id'] == req.volume_id), None)
     if on_host is None:
         refuse('it is not attached to instance %s on this host' % req.instance_uuid)
-    if on_host.get('flow') == 'legacy':
-        refuse('it was attached by the legacy flow (os-attach): detach it and attach it '
-               'again')
+    if on_host.get('flow') != 'attachments':
+        refuse('it was attached by the %s flow, not the attachments flow: detach it and '
+               'attach it again' % (on_host.get('flow') or 'unrecorded'))
+    # what the driver could not do once the old attachment is gone, refused now
+    driver.check_refresh(req.instance_uuid, req.volume_id)
     mine = [a for a in volume['attachments'] if a.get('server_id') == req.instance_uuid]
     if not mine:
         refuse('Cinder shows no attachment of it to instance %s' % req.instance_uuid)
@@ -67,6 +69,29 @@ def can_refresh(driver: Any, volume: dict, req: Any) -> tuple:
     if volume['status'] != 'in-use':
         refuse('its status in Cinder is %s, expected in-use' % volume['status'])
     return on_host, old
+
+
+def _delete_old(cinder: Any, old: str) -> None:
+    """Delete the old attachment. A refusal is definite (the refresh is undone, the
+    old attachment kept) only if the old attachment is still there and attached: a
+    retry refused after a first try that did the work (the answer lost) is not, and
+    an old attachment that is gone is deleted."""
+    try:
+        cinder.attachment_delete(old)
+    except Exception as exc:
+        if not getattr(exc, 'expected', False):
+            raise
+        try:
+            still = cinder.attachment_get(old).get('status') == 'attached'
+        except exception.AttachmentNotFound:
+            LOG.info('Attachment %s is gone: its delete was done after all', old)
+            return
+        except Exception:  # noqa: BLE001 - cannot tell: not definite
+            still = False
+        if still:
+            raise
+        raise exception.CinderError(reason='deleting attachment %s was refused (%s), and '
+                                    'it is not attached any more' % (old, exc)) from exc
 
 
 def refresh_pipeline(cinder_api: Any, driver: Any, connector_fn: Callable[[], dict],
@@ -90,7 +115,7 @@ def refresh_pipeline(cinder_api: Any, driver: Any, connector_fn: Callable[[], di
     op.update(attachment_id=new)
     record = {'flow': 'attachments', 'attachment_id': new, 'mode': mode,
               'multiattach': bool(volume.get('multiattach'))}
-    op.step('attachment_delete', cinder.attachment_delete, old,
+    op.step('attachment_delete', _delete_old, cinder, old,
             finish=('finish_refresh', dict(ids, attachment_id=new, old_attachment_id=old,
                                            mountpoint=mountpoint, connector=connector,
                                            record=record)))

@@ -88,10 +88,11 @@ def _child(conf: cfg.ConfigOpts, index: int, count: int, fd: int) -> int:
     """One of the main process's workers: no RPC server, no recovery, no metrics port."""
     conn = slot.connection(fd)
     notification_transport = rpc.get_notification_transport(conf)
-    outbox, _cinder, _driver, manager = _collaborators(conf, notification_transport,
-                                                       Journal(conf.state_path))
+    outbox, cinder_api, driver, manager = _collaborators(conf, notification_transport,
+                                                         Journal(conf.state_path))
     code = ChildService(conn, rpc.get_dispatcher(manager, manager.reject), manager,
-                        outbox, conf, index, count).run()
+                        outbox, conf, index, count,
+                        recovery=Recovery(conf, cinder_api, driver, outbox)).run()
     notification_transport.cleanup()
     return code
 

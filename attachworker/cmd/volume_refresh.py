@@ -41,18 +41,47 @@ class _Refused(Exception):
         self.code = code
 
 
+#: Largest connector file read (get_connector's output is well under 2 KiB).
+MAX_CONNECTOR_BYTES = 64 * 1024
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError('%s is not a connector value' % name)
+
+
+def _plain(value: object) -> bool:
+    """A value os-brick's connector properties can have: no floats, no objects."""
+    if isinstance(value, list):
+        return all(isinstance(v, str) for v in value)
+    return value is None or isinstance(value, (str, bool, int))
+
+
 def read_connector(path: str, own: dict) -> dict:
-    """The connector in ``path``; it must be a JSON object naming this host."""
+    """The connector in ``path``: a JSON object naming this host, each value of the
+    kind this host's own connector has for the same key. It reaches Cinder only after
+    the old attachment is gone, so everything about it is checked first."""
     if not os.path.exists(path):
         raise _Refused(2, 'Connector file not found at %s' % path)
+    if not os.path.isfile(path):
+        raise _Refused(3, '%s is not a regular file' % path)
     try:
         with open(path, 'rb') as f:
-            given = json.load(f)
-    except (OSError, ValueError) as exc:
+            raw = f.read(MAX_CONNECTOR_BYTES + 1)
+        if len(raw) > MAX_CONNECTOR_BYTES:
+            raise ValueError('more than %d bytes' % MAX_CONNECTOR_BYTES)
+        given = json.loads(raw, parse_constant=_no_constant)
+    except (OSError, ValueError, RecursionError) as exc:
         raise _Refused(3, 'Failed to read %s as a connector: %s' % (path, exc)) from exc
     if not isinstance(given, dict) or not isinstance(given.get('host'), str):
         raise _Refused(3, '%s holds no connector (a JSON object with a "host"): run '
                        '"attachworker-manage volume_attachment get_connector"' % path)
+    for key, value in given.items():
+        mine = own.get(key)
+        if not _plain(value) or (mine is not None and value is not None
+                                 and type(value) is not type(mine)):
+            raise _Refused(3, '%s: %r is not a connector value for %r (this host has %s)'
+                           % (path, value, key, type(mine).__name__ if mine is not None
+                              else 'none'))
     if given['host'] != own.get('host'):
         raise _Refused(7, 'The connector in %s is for host %r, this host is %r: it was '
                        'made on another host' % (path, given['host'], own.get('host')))
@@ -117,4 +146,5 @@ def run(conf: cfg.ConfigOpts) -> int:
               'see "attachworker-manage journal show %s"'
               % (fields.get('old_attachment_id'), fields.get('attachment_id'),
                  fields.get('request_id')), file=sys.stderr)
-    return exit_code(exc)
+    # past Cinder's point of no return nothing is "unchanged": never 5 or 6 then
+    return 1 if state == 'undo_failed' else exit_code(exc)

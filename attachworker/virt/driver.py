@@ -145,6 +145,13 @@ class VirtDriver(abc.ABC):
         """
         return None
 
+    def check_refresh(self, instance_uuid: str, volume_id: str) -> None:
+        """Refuse, before Cinder is asked anything, a refresh this driver could not
+        complete for the volume's disk as it is now (VolumeNotRefreshable,
+        RefreshNotSupported, InstanceNotStopped: definite). This default refuses."""
+        raise exception.RefreshNotSupported(
+            volume_id=volume_id, reason='%s does not implement it' % type(self).__name__)
+
     def refresh_connection(self, context: Any, connection_info: dict, instance: dict,
                            mountpoint: str, volume_id: str, record: dict) -> None:
         """Give the disk of an attached volume new connection info (from a new

@@ -187,6 +187,11 @@ class FakeDriver(driver.VirtDriver):
     def instance_running(self, instance_uuid: str) -> Optional[bool]:
         return False  # no guest runs here: nothing can be using its disks
 
+    def check_refresh(self, instance_uuid: str, volume_id: str) -> None:
+        if not any(a['volume_id'] == volume_id for a in self.get_attachments(instance_uuid)):
+            raise exception.VolumeNotRefreshable(
+                volume_id=volume_id, reason='it is not attached to instance %s' % instance_uuid)
+
     def refresh_connection(self, context: Any, connection_info: dict, instance: dict,
                            mountpoint: str, volume_id: str, record: dict) -> None:
         kind, access_mode = _check_connection_info(connection_info)

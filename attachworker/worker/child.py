@@ -1,7 +1,9 @@
 """One worker process of ``[worker] workers = N``: the casts the main process hands it.
 
-The child never consumes from the broker and never runs recovery (the main process
-does, once at start-up and for a child that died). It reads casts from its pipe
+The child never consumes from the broker and never recovers what another process left
+(the main process does, once at start-up and for a child that died); every
+``[worker] reconcile_interval`` it retries its own failed undos, as a single worker
+does. It reads casts from its pipe
 (attachworker.worker.router.Routed), runs each through the same Dispatcher and
 manager as a single worker does, one instance's casts at a time and in arrival order
 (router.KeyedFifo), and tells the main process ``('ack', token)`` once a cast is
@@ -18,6 +20,7 @@ included) stops the child the same way: nothing of it goes on consuming.
 import concurrent.futures
 import signal
 import threading
+import time
 from typing import Any
 
 from oslo_log import log as logging
@@ -30,8 +33,8 @@ LOG = logging.getLogger(__name__)
 
 class ChildService(service.WorkerService):
     def __init__(self, conn: Any, dispatcher: Any, manager: Any, outbox: Any, conf: Any,
-                 index: int, count: int) -> None:
-        super().__init__(None, manager, None, outbox, conf)
+                 index: int, count: int, recovery: Any = None) -> None:
+        super().__init__(None, manager, recovery, outbox, conf)
         self._conn = conn
         self._dispatcher = dispatcher
         self._send_lock = threading.Lock()
@@ -117,8 +120,16 @@ class ChildService(service.WorkerService):
 
     # --- housekeeping: only what is this process's own -----------------------------------
     def _periodic(self) -> None:
+        last = time.monotonic()
         while not self._stop.wait(service.FLUSH_INTERVAL):
             try:
                 self._manager.retry_unjournalled()
             except Exception:  # noqa: BLE001 - retried at the next round
                 LOG.exception('Journalling outcomes published earlier failed')
+            if (self._recovery is not None and self._reconcile_interval > 0
+                    and time.monotonic() - last >= self._reconcile_interval):
+                last = time.monotonic()
+                try:
+                    self._recovery.run(self._stop, own_only=True)
+                except Exception:  # noqa: BLE001 - retried at the next round
+                    LOG.exception('Retrying this process\'s failed undos failed')

@@ -70,6 +70,8 @@ class JournalQueries:
         extend or a refresh does not count: it changes nothing of whether the volume
         is attached.)"""
         fields = record['fields']
+        if record.get('action') == 'volume_refresh':
+            return False  # its finish entry decides (it knows a detach came since)
         for op in self.list(('completed',), limit=1000):
             if (op['created_at'] > record['created_at']
                     and op['action'] in ('volume_attach', 'volume_detach')

@@ -56,11 +56,16 @@ class Recovery:
         self._outbox = outbox
         self._journal = outbox.journal
 
-    def run(self, stop: Optional[threading.Event] = None) -> dict:
-        """Resolve every orphan, until ``stop`` is set; returns {outcome: count}."""
+    def run(self, stop: Optional[threading.Event] = None, own_only: bool = False) -> dict:
+        """Resolve every orphan, until ``stop`` is set; returns {outcome: count}.
+        ``own_only``: only this process's failed undos (a child of ``[worker] workers``:
+        the main process resolves what dead processes left)."""
         counts: dict = {}
         # undo_failed: ours, or of a dead owner (a live one retries its own)
         candidates = self._journal.orphans() + self._journal.orphans(('undo_failed',))
+        if own_only:
+            candidates = [r for r in candidates if r['owner'] == self._journal.owner
+                          and r['state'] == 'undo_failed']
         for record in candidates:
             if stop is not None and stop.is_set():
                 LOG.info('Recovery stopped: the worker is stopping')

@@ -241,9 +241,16 @@ class Compensator:
                           connector: dict, record: dict) -> None:
         """The rest of attachworker.refresh from its ``attachment_delete`` on: each
         call is safe to repeat (a deleted attachment counts as gone, an update and a
-        complete may be sent again, the driver's refresh does nothing more)."""
+        complete may be sent again, the driver's refresh does nothing more). Should the
+        host have let go of the volume meanwhile (a detach), the new attachment is not
+        wanted any more: it is released instead, unless attached."""
         if old_attachment_id and old_attachment_id != attachment_id:
             self._cinder.attachment_delete(old_attachment_id)
+        if not self._on_host(instance_uuid, volume_id):
+            LOG.info('Volume %s left instance %s meanwhile: its refresh ends by releasing '
+                     'attachment %s', volume_id, instance_uuid, attachment_id)
+            self.do_release_attachment(attachment_id, volume_id, instance_uuid, ours=False)
+            return
         info = self._cinder.attachment_update(attachment_id, connector, mountpoint)
         self._driver.refresh_connection(self._ctxt, info, {'uuid': instance_uuid},
                                         mountpoint, volume_id,

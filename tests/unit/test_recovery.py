@@ -395,3 +395,28 @@ def test_pruning_keeps_what_recovery_needs(conf, cloud, notifications):
     journal.close()
     assert recover(conf) == {'undone': 1}
     assert cloud.att.get('deleted')
+
+
+def test_own_only_retries_this_processs_failed_undos_and_nothing_else(conf, cloud):
+    """A child of ``[worker] workers`` retries its own failed undos; what a dead
+    process left is the main process's (its recovery keeps their order)."""
+    from attachworker.worker.operation import Operation
+    dead = Journal(conf.state_path, owner='424242:1')
+    left = Operation('volume_attach', 'req-dead', conf.host)
+    left.update(instance_uuid=INSTANCE['uuid'], volume_id=cloud.volume_id)
+    dead.begin(left, {})
+    dead.close()
+    journal = Journal(conf.state_path)
+    try:
+        mine = Operation('volume_attach', 'req-mine', conf.host)
+        mine.update(instance_uuid=INSTANCE['uuid'], volume_id=cloud.volume_id)
+        journal.begin(mine, {})
+        journal.finish(mine.id, 'undo_failed', mine.fields)
+        recovery = Recovery(conf, CinderAPI(conf), virt.load_driver(conf),
+                            Outbox(journal, notifier(conf)))
+        assert sum(recovery.run(own_only=True).values()) == 1
+        assert journal.get(left.id)['state'] == 'running'  # not the child's to take
+        assert journal.get(mine.id)['state'] != 'undo_failed'
+        assert sum(recovery.run().values()) == 1  # the main process's round takes it
+    finally:
+        journal.close()

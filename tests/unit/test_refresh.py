@@ -4,6 +4,7 @@ change nothing, the undo before Cinder lets go of the old attachment, the finish
 after, and a kill at every step boundary resolved by recovery.
 """
 import json
+import os
 import pathlib
 
 import pytest
@@ -145,6 +146,8 @@ def test_refresh_replaces_the_attachment_in_novas_order_and_gives_the_driver_the
     ('other_attachment', 'VolumeNotRefreshable', 6),
     ('not_in_cinder', 'VolumeNotRefreshable', 6),
     ('legacy', 'VolumeNotRefreshable', 6),
+    ('unrecorded_flow', 'VolumeNotRefreshable', 6),
+    ('driver_refuses', 'RefreshNotSupported', 1),
     ('running', 'InstanceNotStopped', 5),
     ('cannot_tell', 'InstanceNotStopped', 5),
     ('unsupported', 'RefreshNotSupported', 1),
@@ -162,6 +165,14 @@ def test_a_refused_refresh_changes_nothing(setup, error, code, conf, cloud,  # n
         driver.detach_volume(None, INSTANCE, None, cloud.volume_id)
         driver.attach_volume(None, {'driver_volume_type': 'iscsi', 'data': {}}, INSTANCE,
                              '/dev/vdc', cloud.volume_id, {'flow': 'legacy'})
+    elif setup == 'unrecorded_flow':  # attached before records existed
+        driver.detach_volume(None, INSTANCE, None, cloud.volume_id)
+        driver.attach_volume(None, {'driver_volume_type': 'iscsi', 'data': {}}, INSTANCE,
+                             '/dev/vdc', cloud.volume_id)
+    elif setup == 'driver_refuses':  # e.g. libvirt and a block disk
+        def no(instance_uuid, volume_id):
+            raise exception.RefreshNotSupported(volume_id=volume_id, reason='block disk')
+        driver.check_refresh = no
     elif setup in ('running', 'cannot_tell'):
         driver.instance_running = lambda uuid: True if setup == 'running' else None
     else:
@@ -296,3 +307,61 @@ def test_no_secret_of_the_new_connection_reaches_journal_log_or_notification(
     for label, text in (('journal and driver state', stored.decode('utf-8', 'replace')),
                         ('log', caplog.text), ('notifications', repr(notifications()))):
         assert CHAP_SECRET not in text, label
+
+
+@pytest.mark.parametrize('content', [
+    '{"host": "compute-unit", "initiator": 42}',         # a number where a name goes
+    '{"host": "compute-unit", "ip": NaN}',               # not JSON's, Python's
+    '{"host": "compute-unit", "x": {"nested": 1}}',      # no objects in a connector
+    '{"host": "compute-unit", "wwpns": [1, 2]}',
+    '[' * 100000 + ']' * 100000,                         # deep enough to blow the stack
+    '{"host": "compute-unit", "pad": "%s"}' % ('x' * 70000),
+])
+def test_a_connector_file_with_odd_values_is_refused_before_anything(tmp_path, content):
+    path = tmp_path / 'c.json'
+    path.write_text(content)
+    with pytest.raises(volume_refresh._Refused) as refused:
+        volume_refresh.read_connector(str(path), {'host': 'compute-unit',
+                                                  'initiator': 'iqn.x', 'ip': '192.0.2.1',
+                                                  'wwpns': ['50:01']})
+    assert refused.value.code == 3
+
+
+def test_a_fifo_is_not_read(tmp_path):
+    fifo = tmp_path / 'fifo'
+    os.mkfifo(fifo)
+    with pytest.raises(volume_refresh._Refused) as refused:
+        volume_refresh.read_connector(str(fifo), {'host': 'compute-unit'})
+    assert refused.value.code == 3
+
+
+def test_a_detach_after_an_unfinished_refresh_releases_the_new_attachment(
+        conf, cloud, refreshable, notifications):  # noqa: F811
+    """The refresh stopped past the point of no return; the volume was detached from
+    the host since: its finish releases the new attachment instead of completing it."""
+    cloud.fail('PUT', '/attachments/' + NEW, 503)
+    assert refresh(conf, cloud).ended[0] == 'undo_failed'
+    virt.load_driver(conf).detach_volume(None, INSTANCE, None, cloud.volume_id)
+    assert recover(conf) == {'completed': 1}
+    assert (refreshable.state, cloud.att.get('deleted')) == ('deleted', True)
+    assert recover(conf) == {}
+
+
+def test_a_delete_refused_on_its_retry_after_doing_the_work_is_not_definite(
+        conf, cloud, refreshable, notifications):  # noqa: F811
+    """The first DELETE deleted the old attachment but its answer was a 500; the retry
+    was refused: the old attachment is gone, so the refresh goes on, never undone."""
+    tries = []
+
+    def flaky(request, context):
+        tries.append(1)
+        cloud.att['deleted'] = True
+        context.status_code = 500 if len(tries) == 1 else 409
+        return {'computeFault' if len(tries) == 1 else 'badRequest':
+                {'message': 'x', 'code': context.status_code}}
+    cloud.m.delete('%s/attachments/%s' % (cloud.base, cloud.attachment_id), json=flaky)
+    op = refresh(conf, cloud)
+    assert len(tries) == 2
+    assert op.ended[0] == 'completed', op.ended
+    assert refreshable.state == 'attached'
+    assert record(conf, cloud)['attachment_id'] == NEW

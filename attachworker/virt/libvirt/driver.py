@@ -233,6 +233,9 @@ class LibvirtDriver(driver.VirtDriver):
     def instance_running(self, instance_uuid: str) -> Optional[bool]:
         return self._guest(instance_uuid).active()
 
+    def check_refresh(self, instance_uuid: str, volume_id: str) -> None:
+        refresh.check(self._guest(instance_uuid), volume_id)
+
     def refresh_connection(self, context: Any, connection_info: dict, instance: dict,
                            mountpoint: str, volume_id: str, record: dict) -> None:
         with self._reservations.locked(instance['uuid']):

@@ -38,10 +38,13 @@ class Guest:
         with self._call('read the state of the domain'):
             return bool(self.dom.isPersistent())
 
-    def xml(self, inactive: bool = False) -> str:
+    def xml(self, inactive: bool = False, secure: bool = False) -> str:
         """The running guest's XML (of a stopped one: its definition), or with
-        ``inactive`` the persistent definition."""
-        flags = host_mod.libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0
+        ``inactive`` the persistent definition; ``secure``: with its secrets (console
+        passwords), for a definition that is written back whole; never log it."""
+        libvirt = host_mod.libvirt
+        flags = (libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0) | (
+            libvirt.VIR_DOMAIN_XML_SECURE if secure else 0)
         with self._call('read the domain XML'):
             return self.dom.XMLDesc(flags)
 

@@ -35,29 +35,42 @@ def replace_disk(domain_xml: str, volume_id: str, disk_xml: str) -> str:
     raise exception.VolumeNotRefreshable(volume_id=volume_id, reason='no such disk')
 
 
+def check(guest: guest_mod.Guest, volume_id: str) -> tuple:
+    """(the persistent definition, the volume's disk in it) of a stopped ``guest`` whose
+    disk of the volume a refresh can rebuild; else a definite refusal. Also what the
+    pipeline asks before Cinder is told anything. The definition is read with its
+    secrets (a console password): it is written back whole, and never logged."""
+    if guest.active():
+        raise exception.InstanceNotStopped(instance_uuid=guest.uuid, volume_id=volume_id,
+                                           reason='its domain is running')
+    config = guest.xml(inactive=True, secure=True)
+    found = disk.by_serial(config, volume_id)
+    if found is None:
+        raise exception.VolumeNotRefreshable(
+            volume_id=volume_id, reason='instance %s has no disk of it' % guest.uuid)
+    if found.protocol not in disk.NETWORK_TYPES:
+        raise exception.RefreshNotSupported(
+            volume_id=volume_id, reason='a %s disk would need its host connection made '
+            'again (only network disks: %s)' % (found.source_type,
+                                                 ', '.join(disk.NETWORK_TYPES)))
+    return config, found
+
+
 def refresh(guest: guest_mod.Guest, settings: Any, connection_info: dict, mountpoint: str,
             volume_id: str, record: dict) -> None:
     """Rebuild the volume's disk of the stopped ``guest`` (``settings``: the
     ``[libvirt]`` options) at the same target, on the same bus."""
-    def refuse(reason: str) -> None:
-        raise exception.VolumeNotRefreshable(volume_id=volume_id, reason=reason)
-
-    if guest.active():
-        raise exception.InstanceNotStopped(instance_uuid=guest.uuid, volume_id=volume_id,
-                                           reason='its domain is running')
-    config = guest.xml(inactive=True)
-    found = disk.by_serial(config, volume_id)
-    if found is None:
-        refuse('instance %s has no disk of it' % guest.uuid)
+    config, found = check(guest, volume_id)
     if found.mountpoint != mountpoint:
-        refuse('its disk is %s, not %s' % (found.mountpoint, mountpoint))
+        raise exception.VolumeNotRefreshable(
+            volume_id=volume_id, reason='its disk is %s, not %s' % (found.mountpoint,
+                                                                      mountpoint))
     kind = connection_info.get('driver_volume_type') if isinstance(connection_info,
                                                                     dict) else None
-    if kind not in disk.NETWORK_TYPES or found.protocol not in disk.NETWORK_TYPES:
+    if kind not in disk.NETWORK_TYPES:
         raise exception.RefreshNotSupported(
             volume_id=volume_id, reason='a %s disk would need its host connection made '
-            'again (only network disks: %s)' % (kind or found.source_type,
-                                                 ', '.join(disk.NETWORK_TYPES)))
+            'again (only network disks: %s)' % (kind, ', '.join(disk.NETWORK_TYPES)))
     access_mode = disk.access_mode(connection_info, volume_id)
     mode = 'ro' if 'ro' in (record.get('mode'), access_mode) else 'rw'
     new_disk = disk.build(connection_info, disk.Spec(

@@ -44,6 +44,7 @@ class FakeLibvirt:
     VIR_DOMAIN_AFFECT_CURRENT = 0
     VIR_DOMAIN_AFFECT_LIVE = 1
     VIR_DOMAIN_AFFECT_CONFIG = 2
+    VIR_DOMAIN_XML_SECURE = 1
     VIR_DOMAIN_XML_INACTIVE = 2
     VIR_DOMAIN_METADATA_ELEMENT = 2
     VIR_DOMAIN_BLOCK_RESIZE_BYTES = 1
@@ -294,8 +295,16 @@ class FakeDomain:
         self._check()
         g = self.guest
         if flags & FakeLibvirt.VIR_DOMAIN_XML_INACTIVE and g.persistent:
-            return g.config
-        return g.live if g.active else g.config
+            xml = g.config
+        else:
+            xml = g.live if g.active else g.config
+        if flags & FakeLibvirt.VIR_DOMAIN_XML_SECURE:
+            return xml
+        # as libvirt: console passwords only with VIR_DOMAIN_XML_SECURE
+        root = ET.fromstring(xml)
+        for graphics in root.iter('graphics'):
+            graphics.attrib.pop('passwd', None)
+        return ET.tostring(root, encoding='unicode')
 
     def attachDeviceFlags(self, xml, flags=0):  # noqa: N802
         self._check()

@@ -49,6 +49,38 @@ def test_the_disk_gets_the_new_monitors_and_the_record_the_new_attachment(driver
     assert [d.xml for d in disk.disks(config) if d.serial != VOL] == others
 
 
+def test_the_console_password_of_the_definition_is_kept(driver, stopped):
+    """libvirt leaves secrets out of XML read without VIR_DOMAIN_XML_SECURE: the
+    definition written back whole must have been read with them."""
+    import xml.etree.ElementTree as ET
+    root = ET.fromstring(stopped.config)
+    ET.SubElement(root.find('devices'), 'graphics', type='vnc', port='-1',
+                  passwd='console-S3cret')
+    stopped.config = ET.tostring(root, encoding='unicode')
+    driver.refresh_connection(None, MOVED, INSTANCE, '/dev/sdb', VOL,
+                              {'flow': 'attachments', 'attachment_id': NEW})
+    assert 'passwd="console-S3cret"' in stopped.config
+    assert '198.51.100.5' in stopped.config
+
+
+def test_a_block_disk_is_refused_before_cinder_is_asked(driver, guest, connectors):
+    driver.attach_volume(None, iscsi_info(), INSTANCE, '/dev/sdb', VOL,
+                         {'flow': 'attachments', 'attachment_id': 'old-att'})
+    guest.stop()
+    with pytest.raises(exception.RefreshNotSupported) as refused:
+        driver.check_refresh(INSTANCE['uuid'], VOL)
+    assert refused.value.expected
+
+
+def test_the_check_before_cinder_passes_a_stopped_guests_rbd_disk(driver, stopped):
+    driver.check_refresh(INSTANCE['uuid'], VOL)
+    with pytest.raises(exception.VolumeNotRefreshable):
+        driver.check_refresh(INSTANCE['uuid'], VOL_B)
+    stopped.start()
+    with pytest.raises(exception.InstanceNotStopped):
+        driver.check_refresh(INSTANCE['uuid'], VOL)
+
+
 def test_refreshing_again_changes_nothing_more(driver, stopped):
     args = (None, MOVED, INSTANCE, '/dev/sdb', VOL, {'flow': 'attachments',
                                                      'attachment_id': NEW})
