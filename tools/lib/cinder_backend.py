@@ -5,8 +5,14 @@ to cinder-volume as a second --config-file whenever it exists (enabled_backends 
 fake,ceph and a [ceph] section). Here: link rados/rbd into the cloud's venv, make the
 default type stay on `fake` (volume_backend_name=fake on __DEFAULT__: the capacity
 weigher would otherwise send untyped volumes to ceph, as fake reports 'infinite'),
-create the public type `ceph`, restart cinder-volume if it runs without the file, and
-wait until the scheduler knows the pool.
+create the public type `ceph`, restart cinder-volume if it runs without the file or
+started before the Ceph that runs now, and wait until the scheduler knows the pool.
+
+Cinder sets a backend's driver up once, when cinder-volume starts: an RBD driver that
+could not reach its cluster then stays uninitialised (its pool is never reported) until
+cinder-volume restarts. tools/local-cloud starts cinder-volume with the file whenever the
+file is there, also when the Ceph it names is down (a machine restarted, a cluster
+recreated), so `ensure` compares start times rather than trusting the command line.
 """
 import os
 import subprocess
@@ -92,6 +98,13 @@ def volume_process(paths):
     return pid, bool(pid) and daemons.is_ours(pid, '--config-file %s' % paths.cinder_snippet)
 
 
+def stale(volume_started, ceph_started):
+    """True when cinder-volume started before the Ceph daemons that run now: its ceph
+    backend was set up against a cluster that was down or is gone (unknown times: False)."""
+    return volume_started is not None and ceph_started is not None and \
+        volume_started < ceph_started
+
+
 def _types(cinder):
     return {t.name: t for t in cinder.volume_types.list(is_public=None)}
 
@@ -109,8 +122,20 @@ def _local_cloud(paths, *args):
         raise Failure('tools/local-cloud %s failed' % ' '.join(args))
 
 
-def ensure(paths):
-    """Everything Cinder needs for the ceph backend; returns a one-line summary."""
+def _restart_volume(paths, why):
+    say('  restarting cinder-volume: %s (tools/local-cloud stop-service / start-service '
+        'cinder-volume)' % why)
+    _local_cloud(paths, 'stop-service', 'cinder-volume')
+    _local_cloud(paths, 'start-service', 'cinder-volume')
+    if not volume_process(paths)[1]:
+        raise Failure('cinder-volume runs without %s: is tools/local-cloud the one of this '
+                      'change?' % paths.cinder_snippet)
+
+
+def ensure(paths, ceph_started=None):
+    """Everything Cinder needs for the ceph backend; returns a one-line summary.
+
+    ceph_started: when the newest of the Ceph daemons that run now started (epoch s)."""
     if os.path.isdir(paths.cloud_venv):
         say('  rados/rbd in the cloud venv: %s'
             % host_setup.link_bindings(paths.cloud_venv, 'the cloud venv ' + paths.cloud_venv))
@@ -133,15 +158,19 @@ def ensure(paths):
         say('  volume type %s created (volume_backend_name=%s)' % (VOLUME_TYPE, BACKEND))
     pid, has_snippet = volume_process(paths)
     if not has_snippet:
-        say('  restarting cinder-volume with the %s backend (tools/local-cloud stop-service / '
-            'start-service cinder-volume)' % BACKEND)
-        _local_cloud(paths, 'stop-service', 'cinder-volume')
-        _local_cloud(paths, 'start-service', 'cinder-volume')
-        if not volume_process(paths)[1]:
-            raise Failure('cinder-volume runs without %s: is tools/local-cloud the one of this '
-                          'change?' % paths.cinder_snippet)
-    pool = wait_until(lambda: _pool_reported(cinder), 120,
-                      'Cinder\'s scheduler to report the %s pool' % BACKEND, every=5, interval=1)
+        _restart_volume(paths, 'it runs without the %s backend' % BACKEND)
+    elif stale(daemons.started_at(pid), ceph_started):
+        _restart_volume(paths, 'it started before this Ceph, so its %s backend could not be '
+                        'set up (Cinder does not retry a driver\'s set-up)' % BACKEND)
+    what = 'Cinder\'s scheduler to report the %s pool' % BACKEND
+    try:
+        pool = wait_until(lambda: _pool_reported(cinder), 60, what, every=5, interval=1)
+    except Failure:
+        # the set-up failed for a reason start times do not show (Ceph not yet serving
+        # when cinder-volume started after it): once more, from a fresh start
+        _restart_volume(paths, 'no %s pool after 60s (its log: %s)' % (
+            BACKEND, os.path.join(paths.cloud_home, 'logs', 'cinder-volume.log')))
+        pool = wait_until(lambda: _pool_reported(cinder), 90, what, every=5, interval=1)
     return 'backend pool %s, volume type %s' % (pool, VOLUME_TYPE)
 
 

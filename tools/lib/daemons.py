@@ -81,6 +81,18 @@ def _ppid(pid):
     return int(stat.rsplit(')', 1)[1].split()[1])
 
 
+def started_at(pid):
+    """When pid started, in seconds since the epoch (None when it is gone)."""
+    try:
+        with open('%s/%d/stat' % (PROC, pid)) as f:
+            ticks = int(f.read().rsplit(')', 1)[1].split()[19])
+        with open('%s/stat' % PROC) as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith('btime '))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return boot + ticks / os.sysconf('SC_CLK_TCK')
+
+
 def descendants(pid):
     """Every descendant of pid (children first, then theirs), from one pass over /proc."""
     kids = {}

@@ -23,6 +23,7 @@ import uuid
 
 import ceph_stack
 import cinder_backend
+import daemons
 import host_setup
 import libvirt_stack
 from stack_common import T0
@@ -130,6 +131,12 @@ def _wait_ceph(paths, timeout):
         return False
 
 
+def ceph_started(paths):
+    """When the newest of our running Ceph daemons started (None: none runs)."""
+    times = [daemons.started_at(pid) for pid in ceph_stack.pids(paths).values() if pid]
+    return max((t for t in times if t is not None), default=None)
+
+
 def bring_up_ceph(paths, fresh):
     if not fresh and ceph_stack.exists(paths):
         if _ceph_healthy(paths):
@@ -176,7 +183,7 @@ def cmd_up(paths, fresh):
     with phases.phase('cinder', 'Cinder backend "%s" and volume type "%s"'
                       % (cinder_backend.BACKEND, cinder_backend.VOLUME_TYPE)):
         cinder_backend.write_snippet(paths, sid, ceph_stack.POOL, ceph_stack.USER)
-        note = cinder_backend.ensure(paths)
+        note = cinder_backend.ensure(paths, ceph_started(paths))
         say('  ' + note)
     write_outputs(paths, 'up', phases, note)
     say('phase timings: %s' % phases.summary())

@@ -3,7 +3,6 @@
 Each test's processes carry a marker of their own (``exec -a MARKER sleep``), and
 whatever is left is killed by PID at the end, so a failing test leaves nothing behind.
 """
-import importlib.util
 import os
 import pathlib
 import signal
@@ -12,33 +11,13 @@ import uuid
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[3]
-_spec = importlib.util.spec_from_file_location('daemons', ROOT / 'tools' / 'lib' / 'daemons.py')
-daemons = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(daemons)
-
-SLEEP_AS_MARKER = 'exec -a "$0" sleep 300'   # argv[0] of the sleep becomes the marker
-
-
-@pytest.fixture
-def marker():
-    tag = 'aw-daemons-test-%s' % uuid.uuid4().hex[:12]
-    yield tag
-    for pid in daemons.find(tag):   # cleanup by PID, only processes with this test's tag
-        os.kill(pid, signal.SIGKILL)
+from tests.unit.tools.toollib import SLEEP_AS_MARKER
+from tests.unit.tools.toollib import daemons
+from tests.unit.tools.toollib import wait_for
 
 
 def alive(pid, marker):
     return daemons.is_ours(pid, marker)
-
-
-def wait_for(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def test_start_in_foreground_writes_the_pid_file_and_detaches(tmp_path, marker):

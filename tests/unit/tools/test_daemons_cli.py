@@ -5,7 +5,6 @@ Each test's processes carry a marker of their own (``exec -a MARKER sleep``); wh
 left is killed by PID at the end.
 """
 import fcntl
-import importlib.util
 import os
 import pathlib
 import signal
@@ -14,24 +13,13 @@ import sys
 import time
 import uuid
 
-import pytest
+from tests.unit.tools.toollib import ROOT
+from tests.unit.tools.toollib import SLEEP_AS_MARKER
+from tests.unit.tools.toollib import daemons
+from tests.unit.tools.toollib import wait_for
 
-ROOT = pathlib.Path(__file__).resolve().parents[3]
 CLI = str(ROOT / 'tools' / 'lib' / 'daemons_cli.py')
 PYTHON = '/usr/bin/python3' if os.path.exists('/usr/bin/python3') else sys.executable
-_spec = importlib.util.spec_from_file_location('daemons', ROOT / 'tools' / 'lib' / 'daemons.py')
-daemons = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(daemons)
-
-SLEEP_AS_MARKER = 'exec -a "$0" sleep 300'   # argv[0] of the sleep becomes the marker
-
-
-@pytest.fixture
-def marker():
-    tag = 'aw-daemons-cli-test-%s' % uuid.uuid4().hex[:12]
-    yield tag
-    for pid in daemons.find(tag):   # cleanup by PID, only processes with this test's tag
-        os.kill(pid, signal.SIGKILL)
 
 
 def cli(*args, marker=None, timeout=60, **kw):
@@ -47,15 +35,6 @@ def cli(*args, marker=None, timeout=60, **kw):
 def sleeper(marker, script=SLEEP_AS_MARKER):
     """A process of ours that is not our child once the CLI's start returns."""
     return subprocess.Popen(['bash', '-c', script, marker], start_new_session=True)
-
-
-def wait_for(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def test_start_detaches_writes_the_pid_file_and_running_finds_it(tmp_path, marker):

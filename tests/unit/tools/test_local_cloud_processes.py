@@ -6,9 +6,7 @@ both carrying "$VENV/bin/NAME " in their cmdline as the real ones do; the fake p
 a sleep whose cmdline holds "-D $STATE/pg". Needs root (local-cloud refuses otherwise).
 """
 import fcntl
-import importlib.util
 import os
-import pathlib
 import re
 import shutil
 import signal
@@ -17,11 +15,10 @@ import uuid
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[3]
+from tests.unit.tools.toollib import ROOT
+from tests.unit.tools.toollib import daemons
+
 SCRIPT = str(ROOT / 'tools' / 'local-cloud')
-_spec = importlib.util.spec_from_file_location('daemons', ROOT / 'tools' / 'lib' / 'daemons.py')
-daemons = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(daemons)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which('flock'),
                                 reason='tools/local-cloud needs root and flock')
