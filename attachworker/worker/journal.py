@@ -183,8 +183,13 @@ class Journal(JournalQueries, OutboxStore, StepObserver):
             os.kill(os.getpid(), signal.SIGKILL)
 
     def step_started(self, op: Any, step: str, entry: Optional[dict] = None) -> None:
+        # only an undo (or finish) armed here must be on disk before the step acts:
+        # recovery decides by the undos alone, and what a step without one does is
+        # covered by an entry armed, and waited for, before it (last_step and the
+        # steps rows only report); so such a start goes to disk with the next write
         self._record(op, step, 'started',
-                     (lambda db: self._arm(db, op.id, entry)) if entry else None)
+                     (lambda db: self._arm(db, op.id, entry)) if entry else None,
+                     wait=bool(entry))
 
     def step_done(self, op: Any, step: str, result: Any = None,
                   entries: tuple = (), commit: bool = False) -> None:
