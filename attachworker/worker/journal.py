@@ -1,9 +1,10 @@
 """The journal: a local durable record of every operation, step and undo.
 
 An operation is written before its cast is acknowledged (attachworker.rpc defers
-the ack until then), each step before and after it runs, the undo of a step in
-the same write as the step's start, and each notification before it is published
-(the outbox). At start-up, periodically and on demand, every operation whose
+the ack until then), the undo of a step in the same write as the step's start,
+before the step runs, and each notification before it is published (the outbox).
+The start and end of a step that arms, rearms or commits nothing change nothing
+recovery decides: they are written with the operation's next write. At start-up, periodically and on demand, every operation whose
 owner is gone is finished or undone by replaying its recorded stack
 (attachworker.worker.recovery).
 
@@ -42,6 +43,8 @@ LOG = logging.getLogger(__name__)
 
 CRASH_ENV = 'ATTACHWORKER_TEST_CRASH_AT'
 TERMINAL = ('completed', 'failed', 'undone', 'recovered', 'duplicate')
+INSERT_STEP = ('INSERT INTO steps (op_id, seq, step, state, at) VALUES '
+               '(?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM steps WHERE op_id=?), ?, ?, ?)')
 
 
 class Journal(JournalQueries, OutboxStore, StepObserver):
@@ -69,6 +72,10 @@ class Journal(JournalQueries, OutboxStore, StepObserver):
         self._reader.row_factory = sqlite3.Row
         self._reader_lock = threading.Lock()
         self._crash_at = os.environ.get(CRASH_ENV)
+        #: op id -> [(step, state, at)]: records that no decision of recovery needs,
+        #: written in that operation's next write (no lock, no SAVEPOINT of their own);
+        #: an operation is run by one thread at a time, its list by that thread only
+        self._deferred: dict = {}
 
     @contextlib.contextmanager
     def _transaction(self, wait: bool = True) -> Iterator[sqlite3.Connection]:
@@ -141,6 +148,7 @@ class Journal(JournalQueries, OutboxStore, StepObserver):
         Returns the outbox id of the notification, if one was queued.
         """
         with self._transaction() as db:
+            self._flush_deferred(db, op_id)
             if fields is None:
                 db.execute('UPDATE operations SET state=?, updated_at=? WHERE op_id=?',
                            (state, time.time(), op_id))
@@ -162,11 +170,14 @@ class Journal(JournalQueries, OutboxStore, StepObserver):
         now = time.time()
         crash = self._crash_at == '%s:%s' % (step, state)
         changed = getattr(op, 'journalled_version', None) != op.version
+        if not (wait or crash or changed or extra):
+            # lost in a crash, it changes nothing recovery decides: written with the next
+            self._deferred.setdefault(op.id, []).append((step, state, now))
+            return
         # the step, its undo and the summary together; new fields are always waited for
         with self._transaction(wait or crash or changed) as db:
-            db.execute('INSERT INTO steps (op_id, seq, step, state, at) VALUES '
-                       '(?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM steps WHERE op_id=?), '
-                       '?, ?, ?)', (op.id, op.id, step, state, now))
+            self._flush_deferred(db, op.id, summary=False)
+            db.execute(INSERT_STEP, (op.id, op.id, step, state, now))
             if not changed:
                 db.execute('UPDATE operations SET last_step=?, step_state=?, updated_at=? '
                            'WHERE op_id=?', (step, state, now, op.id))
@@ -182,11 +193,25 @@ class Journal(JournalQueries, OutboxStore, StepObserver):
                         self._crash_at)
             os.kill(os.getpid(), signal.SIGKILL)
 
+    def _flush_deferred(self, db: sqlite3.Connection, op_id: str,
+                        summary: bool = True) -> None:
+        """Write op_id's deferred records (the caller holds a transaction); summary:
+        last_step/step_state too, unless the caller writes its own."""
+        rows = self._deferred.pop(op_id, None)
+        if not rows:
+            return
+        db.executemany(INSERT_STEP, [(op_id, op_id, step, state, at)
+                                     for step, state, at in rows])
+        if summary:
+            step, state, at = rows[-1]
+            db.execute('UPDATE operations SET last_step=?, step_state=?, updated_at=? '
+                       'WHERE op_id=?', (step, state, at, op_id))
+
     def step_started(self, op: Any, step: str, entry: Optional[dict] = None) -> None:
         # only an undo (or finish) armed here must be on disk before the step acts:
         # recovery decides by the undos alone, and what a step without one does is
         # covered by an entry armed, and waited for, before it (last_step and the
-        # steps rows only report); so such a start goes to disk with the next write
+        # steps rows only report); so such a start is written with the op's next write
         self._record(op, step, 'started',
                      (lambda db: self._arm(db, op.id, entry)) if entry else None,
                      wait=bool(entry))
@@ -201,8 +226,9 @@ class Journal(JournalQueries, OutboxStore, StepObserver):
                            "'armed'", (op.id,))
                 db.execute('UPDATE operations SET committed=1 WHERE op_id=?', (op.id,))
         # a done with nothing to arm or commit changes nothing recovery decides (the
-        # step's undo was armed with its start): it goes to disk with the next write
-        self._record(op, step, 'done', extra, wait=bool(entries or commit))
+        # step's undo was armed with its start): it is written with the op's next write
+        work = bool(entries or commit)
+        self._record(op, step, 'done', extra if work else None, wait=work)
 
     def step_failed(self, op: Any, step: str, exc: BaseException,
                     dropped: Optional[dict] = None) -> None:
@@ -214,9 +240,9 @@ class Journal(JournalQueries, OutboxStore, StepObserver):
 
     def set_undo_state(self, op_id: str, entry: dict, state: str) -> None:
         with self._transaction() as db:
-            db.execute('INSERT INTO steps (op_id, seq, step, state, at) VALUES '
-                       '(?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM steps WHERE op_id=?), '
-                       '?, ?, ?)', (op_id, op_id, entry['name'], 'undo_' + state, time.time()))
+            self._flush_deferred(db, op_id)
+            db.execute(INSERT_STEP, (op_id, op_id, entry['name'], 'undo_' + state,
+                                     time.time()))
             db.execute('UPDATE undos SET state=? WHERE op_id=? AND seq=?',
                        (state, op_id, entry['seq']))
 

@@ -72,6 +72,40 @@ def test_steps_and_their_undos_are_on_disk_before_and_after_they_run(journal, tm
         ('attachment_create', 'started'), ('attachment_create', 'done')]
 
 
+def test_records_of_steps_that_arm_nothing_are_written_with_the_next_write(journal):
+    op = Operation('volume_attach', 'req-d', 'h1', observer=journal)
+    journal.begin(op, {})
+    op.step('get_volume', lambda: {'id': 'v'})       # arms nothing: deferred, both records
+    assert [(s['step'], s['state']) for s in journal.steps(op.id)] == []
+    assert journal.get('req-d')['last_step'] is None
+    op.step('reserve', lambda: None, undo=('unreserve', {'volume_id': 'v'}))
+    # the start that arms an undo is written (and waited for) with what came before it,
+    # in order; its own done arms nothing and waits for the next write again
+    assert [(s['step'], s['state']) for s in journal.steps(op.id)] == [
+        ('get_volume', 'started'), ('get_volume', 'done'), ('reserve', 'started')]
+    journal.finish(op.id, 'completed')
+    record = journal.get('req-d')
+    assert (record['state'], record['last_step'], record['step_state']) == (
+        'completed', 'reserve', 'done')
+    assert [s['state'] for s in journal.steps(op.id)][-1] == 'done'
+    assert journal._deferred == {}   # nothing left behind once the operation ended
+
+
+def test_deferred_records_go_with_an_undo_record_and_new_fields_are_never_deferred(
+        journal, tmp_path):
+    op = Operation('volume_attach', 'req-u', 'h1', observer=journal)
+    journal.begin(op, {})
+    op.step('connector', lambda: {})
+    journal.set_undo_state(op.id, {'name': 'unreserve', 'seq': 1}, 'done')
+    assert [(s['step'], s['state']) for s in journal.steps(op.id)] == [
+        ('connector', 'started'), ('connector', 'done'), ('unreserve', 'undo_done')]
+    op.update(mountpoint='/dev/vdb')                  # recovery reports these: waited for
+    op.step('check_attach', lambda: None)
+    other = Journal(str(tmp_path), owner='2:1')       # committed, seen by another process
+    assert other.get('req-u')['last_step'] == 'check_attach'
+    assert other.get('req-u')['fields']['mountpoint'] == '/dev/vdb'
+
+
 def test_a_definite_refusal_drops_the_undo_an_ambiguous_failure_keeps_it(journal):
     op = Operation('volume_attach', 'req-r', 'h1', observer=journal)
     journal.begin(op, {})
