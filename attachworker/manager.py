@@ -158,9 +158,15 @@ class ComputeManager:
             op.update(**req.identity(ctxt))  # journalled, attachment_id included
         except exception.InvalidInput as exc:
             invalid = exc
+        # the .start goes into the outbox with the operation: one write, and no
+        # operation journalled without it
+        payload = op.payload() if invalid is None else None
+        start = None if payload is None else {
+            'action': action, 'phase': 'start', 'fields': payload, 'fault': None,
+            'context': outbox.context_of(ctxt)}
         try:
             if not self._journal.begin(op, outbox.context_of(ctxt), delivery.unique_id,
-                                       self._first_undo(req, op)):
+                                       self._first_undo(req, op), start):
                 LOG.info('Cast %s was delivered again; it is already journalled',
                          delivery.unique_id)
                 delivery.ack()
@@ -171,7 +177,7 @@ class ComputeManager:
         if invalid is not None:
             self._outcomes.finish(ctxt, op, 'failed', invalid)
             return op
-        self._outbox.notify(ctxt, action, 'start', **op.payload())
+        self._outbox.send(op.start_outbox, ctxt, action, 'start', None, payload)
         with metrics.IN_FLIGHT.labels(action).track_inprogress(), \
                 locks.instance_lock(self._conf.state_path, req.instance_uuid), \
                 locks.volume_lock(self._conf.state_path, req.volume_id):

@@ -4,9 +4,9 @@ An operation is written before its cast is acknowledged (attachworker.rpc defers
 the ack until then), the undo of a step in the same write as the step's start,
 before the step runs, and each notification before it is published (the outbox).
 The start and end of a step that arms, rearms or commits nothing change nothing
-recovery decides: they are written with the operation's next write. At start-up, periodically and on demand, every operation whose
-owner is gone is finished or undone by replaying its recorded stack
-(attachworker.worker.recovery).
+recovery decides: they are written with the operation's next write. At start-up,
+periodically and on demand, every operation whose owner is gone is finished or undone
+by replaying its recorded stack (attachworker.worker.recovery).
 
 Storage: SQLite in WAL mode with ``synchronous = FULL`` under ``state_path``: every
 write is on disk before the step it records runs. It holds ids, states, the
@@ -108,9 +108,10 @@ class Journal(JournalQueries, OutboxStore, StepObserver):
 
     # --- operations ----------------------------------------------------------------------
     def begin(self, op: Any, context: dict, unique_id: Optional[str] = None,
-              entry: Optional[dict] = None) -> bool:
-        """Record a new operation (and its first undo); False: ``unique_id`` is known,
-        this delivery is a duplicate of a cast already journalled."""
+              entry: Optional[dict] = None, notification: Optional[dict] = None) -> bool:
+        """Record a new operation (and its first undo, and its ``.start`` notification
+        in the outbox: ``op.start_outbox`` is that row's id); False: ``unique_id`` is
+        known, this delivery is a duplicate of a cast already journalled."""
         now = time.time()
         for attempt in (1, 2):
             try:
@@ -123,6 +124,8 @@ class Journal(JournalQueries, OutboxStore, StepObserver):
                                 now, now))
                     if entry:
                         self._arm(db, op.id, entry)
+                    op.start_outbox = self._queue(db, **notification) if notification \
+                        else None
                 break
             except exception.JournalError as exc:
                 if not (unique_id and isinstance(exc.__cause__, sqlite3.IntegrityError)):

@@ -201,6 +201,20 @@ def test_finish_queues_the_outcome_in_the_same_transaction(journal):
     assert [r['id'] for r in journal.unsent()] == [outbox_id]
 
 
+def test_begin_queues_the_start_with_the_operation_and_a_duplicate_queues_none(
+        journal, tmp_path):
+    start = {'action': 'volume_attach', 'phase': 'start', 'fields': {'request_id': 'req-s'},
+             'fault': None, 'context': {'request_id': 'req-s'}}
+    op = Operation('volume_attach', 'req-s', 'h1', observer=journal)
+    assert journal.begin(op, {}, 'cast-1', notification=start)
+    other = Journal(str(tmp_path), owner='2:1')    # committed: another process sees both
+    assert other.get('req-s')['state'] == 'running'
+    assert [(r['id'], r['phase']) for r in other.unsent()] == [(op.start_outbox, 'start')]
+    again = Operation('volume_attach', 'req-s', 'h1', observer=journal)
+    assert not journal.begin(again, {}, 'cast-1', notification=start)
+    assert len(list(journal.unsent())) == 1        # the redelivery queued no second start
+
+
 def test_outbox_keeps_what_the_broker_refused_and_sends_it_in_order(journal):
     notifier = FlakyNotifier()
     outbox = Outbox(journal, notifier)
