@@ -15,6 +15,7 @@ from typing import Any
 from oslo_config import cfg
 from oslo_log import log as logging
 import oslo_messaging as messaging
+from oslo_messaging import server as messaging_server
 from oslo_messaging._drivers import impl_rabbit
 from oslo_messaging.rpc import dispatcher as rpc_dispatcher
 from oslo_messaging.rpc import server as rpc_server
@@ -52,6 +53,29 @@ QUORUM_DELIVERY_LIMIT = 20
 #: whose node died needed 7-11 s to consume again with 1.0 (its attempts are cut short
 #: by its own poll timeout, 1 ms after a message and doubling), 1-2.5 s with 0.1.
 RECONNECT_DELAY = 0.1
+#: What the sample config says of the two sizes, after the library's own help (the
+#: figures behind them: README, "Figures", tools/bench-attach).
+SIZING_HELP = {
+    'executor_thread_pool_size': """
+attachworker: a cast holds one thread for its whole pipeline, and most of
+that time it waits: on Cinder (four requests per attach) and on the
+journal's shared fsync. Throughput is at most threads / seconds per attach:
+with Cinder answering every request in 50 ms an attach takes about 0.25 s,
+so 64 threads allow about 250 attaches/s per process, more than one
+process's CPU reaches on a 2-core machine (about 110-130/s with an instant
+Cinder stand-in, tools/bench-attach), so the pool does not bound it.
+Fewer threads do: with an instant stand-in, 8 threads gave about 20% fewer
+attaches/s than 64 (journal waits). More cost memory and lock contention
+and only help when Cinder is slower: keep threads >= attaches/s wanted x
+seconds per attach.""",
+    'rabbit_qos_prefetch_count': """
+attachworker: 64 (oslo.messaging: 0, no limit). Casts are acknowledged once
+journalled, so this bounds the casts a worker holds unacknowledged: as many
+as executor_thread_pool_size keeps every thread busy; more only holds casts
+that wait for a thread, and their memory. Bounded, a backlog of 100,000
+casts in the queue stays there, not in the worker (RSS: README, "Figures").
+With [worker] workers = N the default becomes N times this.""",
+}
 RABBIT_DEFAULTS = {'rabbit_qos_prefetch_count': PREFETCH,
                    'rabbit_quorum_delivery_limit': QUORUM_DELIVERY_LIMIT,
                    'kombu_reconnect_delay': RECONNECT_DELAY}
@@ -71,6 +95,19 @@ def set_defaults(conf: cfg.ConfigOpts) -> None:
             conf.set_default(name, value, group=group)
         except (cfg.NoSuchOptError, cfg.NoSuchGroupError):
             pass
+
+
+def document_sizing() -> None:
+    """Append SIZING_HELP to the library options' help (for the sample config)."""
+    for opt in (*rpc_server_opts(), *impl_rabbit.rabbit_opts):
+        extra = SIZING_HELP.get(opt.dest)
+        if extra and extra not in (opt.help or ''):
+            opt.help = (opt.help or '').rstrip() + '\n' + extra
+
+
+def rpc_server_opts() -> list:
+    # oslo.messaging keeps executor_thread_pool_size in a private list (18.3.1)
+    return list(getattr(messaging_server, '_pool_opts', ()))
 
 
 def get_rpc_transport(conf: cfg.ConfigOpts) -> messaging.Transport:

@@ -3,7 +3,8 @@
 ``oslo.config.opts = attachworker`` lists our options; ``oslo.config.opts.defaults =
 attachworker`` makes the sample show attachworker's defaults of library options
 (``control_exchange = attachworker``, not oslo.messaging's ``openstack``;
-a bounded ``rabbit_qos_prefetch_count``).
+a bounded ``rabbit_qos_prefetch_count``) and why the thread pool and prefetch
+have the sizes they have.
 """
 from oslo_config import cfg
 
@@ -17,3 +18,4 @@ def list_opts():
 
 def update_defaults():
     rpc.set_defaults(cfg.ConfigOpts())
+    rpc.document_sizing()

@@ -23,3 +23,15 @@ def test_sample_config_is_current(tmp_path):
                     '[upgrade_levels]', '[audit]'):
         assert section in committed
     assert '#control_exchange = attachworker' in committed
+
+
+def test_the_thread_pool_and_prefetch_sizes_are_justified_beside_them():
+    """Issue 9, goal 3: each of the two sizes carries attachworker's reasons, in the
+    option's own comment block (not only the library's one-line help)."""
+    committed = (ROOT / 'etc/attachworker/attachworker.conf.sample').read_text()
+    for option, default in (('executor_thread_pool_size', 64),
+                            ('rabbit_qos_prefetch_count', 64)):
+        line = '#%s = %d' % (option, default)
+        assert line in committed
+        block = committed.split(line)[0].rsplit('\n\n', 1)[-1]   # its comment block
+        assert '# attachworker:' in block, option
