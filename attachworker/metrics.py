@@ -67,6 +67,11 @@ AUDIT_LAG = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0),
     registry=REGISTRY)
 
+#: What a cast changes: counted in the process that runs it (with ``[worker] workers
+#: = N``, a child: attachworker.worker.child_metrics brings them to the main process).
+PER_CAST = (OPERATIONS, IN_FLIGHT, STEP_SECONDS, CINDER_REQUESTS, CINDER_SECONDS,
+            RECOVERED)
+
 _calls = threading.local()
 
 

@@ -20,6 +20,7 @@ from attachworker import virt
 from attachworker.cinder import CinderAPI
 from attachworker.manager import ComputeManager
 from attachworker.notifications import Notifier
+from attachworker.worker import child_metrics
 from attachworker.worker import service
 from attachworker.worker import slot
 from attachworker.worker import workers
@@ -63,6 +64,7 @@ def main() -> int:
         recovery = workers.SerialRecovery(recovery)
         supervisor = workers.Supervisor(count, sys.argv, recovery.run)
         journal.children_alive = supervisor.alive
+        child_metrics.serve_merged()  # the children's per-cast metrics on this endpoint
     metrics.watch_journal(outbox.journal)
     try:
         metrics.serve(conf, 'attachworker-compute')

@@ -25,6 +25,7 @@ from typing import Any
 
 from oslo_log import log as logging
 
+from attachworker.worker import child_metrics
 from attachworker.worker import router
 from attachworker.worker import service
 
@@ -49,6 +50,9 @@ class ChildService(service.WorkerService):
         self._fifo = router.KeyedFifo(pool)
         threading.Thread(target=self._read, name='pipe', daemon=True).start()
         threading.Thread(target=self._periodic, name='housekeeping', daemon=True).start()
+        done = threading.Event()
+        threading.Thread(target=self._report_metrics, args=(done,), name='metrics',
+                         daemon=True).start()
         self._send(('ready',))
         LOG.info('%s: ready, %d threads (start-up recovery is the main process\'s)',
                  self.name, threads)
@@ -66,6 +70,8 @@ class ChildService(service.WorkerService):
         pool.shutdown(wait=False)
         self._manager.retry_unjournalled()
         self.close_journal()
+        done.set()
+        self._send(('metrics', child_metrics.snapshot()))  # the last counts
         LOG.info('%s: stopped', self.name)
         return 0
 
@@ -117,6 +123,11 @@ class ChildService(service.WorkerService):
                 self._conn.send(message)
         except OSError:
             pass  # the main process is gone: the broker delivers the cast again
+
+    def _report_metrics(self, done: threading.Event) -> None:
+        """Its per-cast metrics, to the main process that serves them (child_metrics)."""
+        while not done.wait(child_metrics.SNAPSHOT_INTERVAL):
+            self._send(('metrics', child_metrics.snapshot()))
 
     # --- housekeeping: only what is this process's own -----------------------------------
     def _periodic(self) -> None:

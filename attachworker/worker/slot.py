@@ -25,6 +25,7 @@ from typing import Optional
 
 from oslo_log import log as logging
 
+from attachworker.worker import child_metrics
 from attachworker.worker import router
 
 LOG = logging.getLogger(__name__)
@@ -129,6 +130,8 @@ class Slot:
                             self._cond.notify_all()
                     if item is not None and item.ack is not None:
                         item.ack()
+                elif message[0] == 'metrics':
+                    child_metrics.COLLECTOR.update(self.index, message[1])
                 elif message[0] in ('ready', 'draining'):
                     with self._cond:
                         self._serving = message[0] == 'ready'
@@ -138,6 +141,7 @@ class Slot:
         except (EOFError, OSError):
             pass
         code = proc.wait()
+        child_metrics.COLLECTOR.retire(self.index)  # its counts stay, its gauges go
         with self._conn_lock:
             conn.close()
         with self._cond:

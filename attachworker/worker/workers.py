@@ -29,7 +29,8 @@ should the main process die too, the broker has them.)
 What stays in the main process: start-up and periodic recovery (SerialRecovery:
 one round at a time), the outbox flush (SettledJournal), device reservation expiry,
 journal pruning, and ``[metrics] port`` (the children do not serve one: their
-per-cast counters are not exported; the journal gauges cover the whole host).
+per-cast metrics come to the main process's endpoint, attachworker.worker.child_metrics;
+the journal gauges cover the whole host).
 
 SIGTERM (attachworker.worker.service): the main process stops consuming and sends
 each child ``stop`` (a second signal, or the graceful timeout: ``abort``), through the

@@ -17,6 +17,8 @@ import time
 import urllib.request
 import uuid
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from attachworker import context as aw_context
 from attachworker.worker import router
 from tests.harness import BIN
@@ -357,18 +359,51 @@ def test_sigterm_to_one_child_drains_it_and_a_new_one_takes_over(make_worker, co
     assert_journal_clean(worker)
 
 
-def test_metrics_are_served_by_the_main_process(make_worker, controller, cinder):
+def scrape(port):
+    """{(sample, labels): value} of the worker's /metrics, parsed as Prometheus does."""
+    text = urllib.request.urlopen('http://127.0.0.1:%d/metrics' % port, timeout=10).read()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text.decode()) for s in family.samples}
+
+
+ATTACHED = ('attachworker_operations_total',
+            (('action', 'volume_attach'), ('outcome', 'success')))
+UPDATES = ('attachworker_cinder_requests_total',
+           (('call', 'attachment_update'), ('status', '200')))
+
+
+def test_metrics_are_served_by_the_main_process_with_the_childrens_counts(
+        make_worker, controller, cinder):
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         port = s.getsockname()[1]
     worker = make_worker(worker__workers=2, metrics__port=port).start()
     ctl = controller(worker)
-    casts = cast_attaches(ctl, worker, cinder, 4)
-    wait_until(lambda: answered(ctl, casts), 60,
-               'every outcome', worker)
-    text = urllib.request.urlopen('http://127.0.0.1:%d/metrics' % port, timeout=10).read()
-    assert b'attachworker_journal_orphans 0.0' in text
-    assert len(child_pids_started(worker)) == 2 and worker.proc.poll() is None
+    casts = cast_attaches(ctl, worker, cinder, 6)
+    wait_until(lambda: answered(ctl, casts), 60, 'every outcome', worker)
+    # the children ran them; their counts reach the main process's endpoint
+    wait_until(lambda: scrape(port).get(ATTACHED) == 6, 15, '6 attaches counted', worker)
+    samples = scrape(port)
+    assert samples[('attachworker_journal_orphans', ())] == 0
+    assert samples.get(UPDATES) == 6
+    assert samples[('attachworker_operations_in_flight', (('action', 'volume_attach'),))] \
+        == 0
+    assert samples[('attachworker_step_duration_seconds_count',
+                    (('action', 'volume_attach'), ('step', 'driver_attach')))] == 6
+
+    # a child that ends takes its counts with it only into the sum, never out of it
+    victim = child_pids_started(worker)[-1]
+    os.kill(victim, signal.SIGTERM)
+    wait_until(lambda: len(child_pids_started(worker)) == 3, 60, 'its successor', worker)
+    assert scrape(port).get(ATTACHED) == 6
+    more = cast_attaches(ctl, worker, cinder, 4)
+    wait_until(lambda: answered(ctl, more), 60, 'the later outcomes', worker)
+    wait_until(lambda: scrape(port).get(ATTACHED) == 10, 15, '10 attaches counted',
+               worker)
+    print('workers = 2, metrics of the main process: %d attaches counted, %d '
+          'attachment updates, across a child replaced' % (scrape(port)[ATTACHED],
+                                                          scrape(port)[UPDATES]))
+    assert worker.proc.poll() is None
     assert 'Metrics' not in ''.join(line for line in worker.log.read_text().splitlines()
                                     if 'ERROR' in line)
 
