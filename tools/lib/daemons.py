@@ -71,26 +71,38 @@ def _all_pids():
             yield int(name)
 
 
-def _ppid(pid):
+def _stat(pid):
+    """Fields of /proc/PID/stat after "(comm)": [state, ppid, pgrp, session, tty_nr,
+    ...] (comm may itself contain spaces and parentheses); None when it is gone."""
     try:
         with open('%s/%d/stat' % (PROC, pid)) as f:
-            stat = f.read()
-    except OSError:
+            return f.read().rsplit(')', 1)[1].split()
+    except (OSError, IndexError):
         return None
-    # "pid (comm) state ppid ...": comm may itself contain spaces and parentheses
-    return int(stat.rsplit(')', 1)[1].split()[1])
+
+
+def _ppid(pid):
+    fields = _stat(pid)
+    return int(fields[1]) if fields else None
+
+
+def has_terminal(pid):
+    """Does pid have a controlling terminal? A daemon of ours never has one (started
+    in its own session, or daemonizing itself); a pager or an editor an operator runs
+    on one of our paths has."""
+    fields = _stat(pid)
+    return bool(fields) and int(fields[4]) != 0
 
 
 def started_at(pid):
     """When pid started, in seconds since the epoch (None when it is gone)."""
+    fields = _stat(pid)
     try:
-        with open('%s/%d/stat' % (PROC, pid)) as f:
-            ticks = int(f.read().rsplit(')', 1)[1].split()[19])
         with open('%s/stat' % PROC) as f:
             boot = next(int(line.split()[1]) for line in f if line.startswith('btime '))
-    except (OSError, ValueError, IndexError, StopIteration):
+        return boot + int(fields[19]) / os.sysconf('SC_CLK_TCK')
+    except (OSError, ValueError, IndexError, StopIteration, TypeError):
         return None
-    return boot + ticks / os.sysconf('SC_CLK_TCK')
 
 
 def descendants(pid):
@@ -172,8 +184,18 @@ def stop_pidfile(pidfile, marker, label, timeout=20.0, log=print, kids_marker=No
 
 
 def sweep(marker, label, timeout=20.0, log=print, exclude=()):
-    """Stop every process of ours that carries marker: strays whose PID file is lost."""
-    pids = find(marker, exclude)
+    """Stop every process of ours that carries marker: strays whose PID file is lost.
+
+    A marker is a substring of the command line, so ``less <our path>`` carries it
+    too: what has a controlling terminal is never taken for a stray (has_terminal)."""
+    pids = []
+    for pid in find(marker, exclude):
+        if has_terminal(pid):
+            log('not touching pid %d (%s): it carries the marker of %s but runs on a '
+                'terminal, as no daemon of ours does' % (pid, ' '.join(cmdline(pid) or [])[:80],
+                                                        label))
+        else:
+            pids.append(pid)
     if pids:
         stop(pids, marker, 'stray ' + label, timeout, log)
     return pids

@@ -6,6 +6,7 @@ whatever is left is killed by PID at the end, so a failing test leaves nothing b
 import os
 import pathlib
 import signal
+import subprocess
 import time
 import uuid
 
@@ -146,6 +147,30 @@ def test_sweep_stops_strays_and_spares_others(tmp_path, marker):
     assert not [p for p in strays if alive(p, marker)]
     assert alive(kept, other)
     os.kill(kept, signal.SIGKILL)
+
+
+def test_sweep_never_takes_a_process_on_a_terminal_for_a_stray(tmp_path, marker):
+    """``less /var/tmp/attachworker-cloud/venv/bin/cinder-volume`` carries that service's
+    marker; an operator runs it on a terminal, where no daemon of ours ever runs."""
+    primary, secondary = os.openpty()
+    # a session of its own whose leader opens the pty: it becomes its terminal
+    pager = subprocess.Popen(['setsid', 'bash', '-c', 'exec 0<>"$1" 1>&0 2>&0; '
+                              'exec -a "less $0" sleep 300', marker, os.ttyname(secondary)])
+    os.close(secondary)
+    stray = daemons.start(['bash', '-c', SLEEP_AS_MARKER, marker], str(tmp_path / 's.pid'),
+                          marker, str(tmp_path / 'd.log'))
+    os.unlink(tmp_path / 's.pid')
+    try:
+        assert wait_for(lambda: daemons.is_ours(pager.pid, marker))   # it does carry it
+        assert daemons.has_terminal(pager.pid) and not daemons.has_terminal(stray)
+        lines = []
+        assert daemons.sweep(marker, 'sleeper', timeout=5, log=lines.append) == [stray]
+        assert pager.poll() is None and not alive(stray, marker)
+        assert any('not touching pid %d' % pager.pid in line for line in lines), lines
+    finally:
+        pager.kill()
+        pager.wait()
+        os.close(primary)
 
 
 def test_find_matches_substrings_so_markers_must_be_unique(tmp_path, marker):
