@@ -22,7 +22,7 @@ per-instance order holds. A child that dies is replaced once its
 unfinished operations are recovered; SIGTERM drains every child. Periodic
 recovery, the outbox flush, reservation expiry and ``[metrics] port`` stay
 in the main process, whose endpoint also serves the children's per-cast
-metrics (sent to it every second).
+metrics (sent to it every second in which they change).
 The default ``rabbit_qos_prefetch_count`` becomes N times 64 (what N
 children's threads take).
 """),

@@ -41,6 +41,9 @@ class ChildService(service.WorkerService):
         self._send_lock = threading.Lock()
         self.name = 'attachworker-compute worker %d/%d' % (index + 1, count)
         self._fifo: Any = None
+        #: changes whenever something that counts ran: casts, this process's recovery
+        #: (+= from several threads may lose a step; a change is all that is read)
+        self._activity = 0
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
@@ -51,8 +54,9 @@ class ChildService(service.WorkerService):
         threading.Thread(target=self._read, name='pipe', daemon=True).start()
         threading.Thread(target=self._periodic, name='housekeeping', daemon=True).start()
         done = threading.Event()
-        threading.Thread(target=self._report_metrics, args=(done,), name='metrics',
-                         daemon=True).start()
+        reporter = threading.Thread(target=self._report_metrics, args=(done,),
+                                    name='metrics', daemon=True)
+        reporter.start()
         self._send(('ready',))
         LOG.info('%s: ready, %d threads (start-up recovery is the main process\'s)',
                  self.name, threads)
@@ -71,6 +75,7 @@ class ChildService(service.WorkerService):
         self._manager.retry_unjournalled()
         self.close_journal()
         done.set()
+        reporter.join(5)   # no snapshot of before may overtake the last one
         self._send(('metrics', child_metrics.snapshot()))  # the last counts
         LOG.info('%s: stopped', self.name)
         return 0
@@ -115,7 +120,11 @@ class ChildService(service.WorkerService):
             return  # not started: handed back, never journalled nor acknowledged
         incoming = router.RoutedIncoming(ctxt, message, unique_id,
                                          lambda: self._send(('ack', token)))
-        self._dispatcher.dispatch(incoming)
+        self._activity += 1
+        try:
+            self._dispatcher.dispatch(incoming)
+        finally:
+            self._activity += 1   # after its counts: the next snapshot holds them
 
     def _send(self, message: tuple) -> None:
         try:
@@ -125,9 +134,18 @@ class ChildService(service.WorkerService):
             pass  # the main process is gone: the broker delivers the cast again
 
     def _report_metrics(self, done: threading.Event) -> None:
-        """Its per-cast metrics, to the main process that serves them (child_metrics)."""
+        """Its per-cast metrics, to the main process that serves them (child_metrics):
+        only after something ran (a snapshot of every series is not free)."""
+        sent = None
         while not done.wait(child_metrics.SNAPSHOT_INTERVAL):
-            self._send(('metrics', child_metrics.snapshot()))
+            seen = self._activity
+            if seen != sent:
+                self._send(('metrics', child_metrics.snapshot()))
+                sent = seen
+
+    def exit_now(self, code: int) -> None:
+        self._send(('metrics', child_metrics.snapshot()))  # what the undos counted
+        super().exit_now(code)
 
     # --- housekeeping: only what is this process's own -----------------------------------
     def _periodic(self) -> None:
@@ -144,3 +162,4 @@ class ChildService(service.WorkerService):
                     self._recovery.run(self._stop, own_only=True)
                 except Exception:  # noqa: BLE001 - retried at the next round
                     LOG.exception('Retrying this process\'s failed undos failed')
+                self._activity += 1

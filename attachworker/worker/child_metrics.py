@@ -2,12 +2,13 @@
 children), served by the main process (the only one with ``[metrics] port``).
 
 Each child sends the main process a snapshot of its per-cast metrics
-(attachworker.metrics.PER_CAST) every SNAPSHOT_INTERVAL seconds and a last one when it
-stops; for each of them the main process serves its own samples plus its children's.
-A child that ends leaves its counters and histograms behind (its last snapshot), so
-the sums never go back when a successor starts from zero; its gauges go with it. A
-child killed with -9 loses what it counted after its last snapshot (at most
-SNAPSHOT_INTERVAL's worth). ``process_*`` stay the main process's own.
+(attachworker.metrics.PER_CAST) every SNAPSHOT_INTERVAL seconds in which it ran
+something, and a last one when it stops; for each of them the main process serves
+its own samples plus its children's. A child that ends leaves its counters and
+histograms behind (its last snapshot), so the sums never go back when a successor
+starts from zero; its gauges go with it. A child killed with -9 loses what it counted
+after its last snapshot (at most SNAPSHOT_INTERVAL's worth). ``process_*`` stay the
+main process's own.
 """
 import collections
 import math

@@ -3,15 +3,17 @@
 An operation is written before its cast is acknowledged (attachworker.rpc defers
 the ack until then), the undo of a step in the same write as the step's start,
 before the step runs, and each notification before it is published (the outbox).
-The start and end of a step that arms, rearms or commits nothing change nothing
-recovery decides: they are written with the operation's next write. At start-up,
+Recovery decides by the undos alone: the start of a step that arms nothing is
+written without waiting for its fsync (on disk within milliseconds, with the next
+commit), and the end of one that arms, rearms or commits nothing is written with the
+operation's next write (the next step's start, at once). At start-up,
 periodically and on demand, every operation whose owner is gone is finished or undone
 by replaying its recorded stack (attachworker.worker.recovery).
 
 Storage: SQLite in WAL mode with ``synchronous = FULL`` under ``state_path``: every
-write is on disk before the step it records runs. It holds ids, states, the
-connector (no secret in it), undo arguments and notification payloads, all
-masked again on the way in; never tokens or connection_info.
+write a decision of recovery needs is on disk before the step it records runs. It
+holds ids, states, the connector (no secret in it), undo arguments and notification
+payloads, all masked again on the way in; never tokens or connection_info.
 
 Test-only fault injection: with ``ATTACHWORKER_TEST_CRASH_AT=<step>:<started|done>``
 in the environment, the process kills itself with SIGKILL right after journalling
@@ -72,9 +74,10 @@ class Journal(JournalQueries, OutboxStore, StepObserver):
         self._reader.row_factory = sqlite3.Row
         self._reader_lock = threading.Lock()
         self._crash_at = os.environ.get(CRASH_ENV)
-        #: op id -> [(step, state, at)]: records that no decision of recovery needs,
-        #: written in that operation's next write (no lock, no SAVEPOINT of their own);
-        #: an operation is run by one thread at a time, its list by that thread only
+        #: op id -> [(step, 'done', at)]: ends of steps that no decision of recovery
+        #: needs, written in that operation's next write (the next step's start: no
+        #: lock, no SAVEPOINT of their own); an operation is run by one thread at a
+        #: time, its list by that thread only
         self._deferred: dict = {}
 
     @contextlib.contextmanager
@@ -173,8 +176,9 @@ class Journal(JournalQueries, OutboxStore, StepObserver):
         now = time.time()
         crash = self._crash_at == '%s:%s' % (step, state)
         changed = getattr(op, 'journalled_version', None) != op.version
-        if not (wait or crash or changed or extra):
-            # lost in a crash, it changes nothing recovery decides: written with the next
+        if state == 'done' and not (wait or crash or changed or extra):
+            # lost in a crash, it changes nothing recovery decides, and the next step's
+            # start (always written) says where the operation is: written with it
             self._deferred.setdefault(op.id, []).append((step, state, now))
             return
         # the step, its undo and the summary together; new fields are always waited for
@@ -214,7 +218,8 @@ class Journal(JournalQueries, OutboxStore, StepObserver):
         # only an undo (or finish) armed here must be on disk before the step acts:
         # recovery decides by the undos alone, and what a step without one does is
         # covered by an entry armed, and waited for, before it (last_step and the
-        # steps rows only report); so such a start is written with the op's next write
+        # steps rows only report); so such a start is not waited for (on disk within
+        # milliseconds: last_step names the step a hang or a kill is in)
         self._record(op, step, 'started',
                      (lambda db: self._arm(db, op.id, entry)) if entry else None,
                      wait=bool(entry))

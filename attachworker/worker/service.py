@@ -175,8 +175,8 @@ class WorkerService:
         self.exit_now(0)
 
     def close_journal(self) -> None:
-        """Commit the journal's pending writes (those not waited for: a step's done,
-        a notification marked sent) and close it."""
+        """Commit the journal's pending writes (those not waited for: a step's start
+        that arms nothing, a notification marked sent) and close it."""
         try:
             self._outbox.journal.close()
         except Exception as exc:  # noqa: BLE001 - exiting anyway

@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -72,26 +73,42 @@ def test_steps_and_their_undos_are_on_disk_before_and_after_they_run(journal, tm
         ('attachment_create', 'started'), ('attachment_create', 'done')]
 
 
-def test_records_of_steps_that_arm_nothing_are_written_with_the_next_write(journal):
+def test_the_end_of_a_step_that_arms_nothing_is_written_with_the_next_start(journal,
+                                                                           tmp_path):
     op = Operation('volume_attach', 'req-d', 'h1', observer=journal)
     journal.begin(op, {})
-    op.step('get_volume', lambda: {'id': 'v'})       # arms nothing: deferred, both records
-    assert [(s['step'], s['state']) for s in journal.steps(op.id)] == []
-    assert journal.get('req-d')['last_step'] is None
-    op.step('reserve', lambda: None, undo=('unreserve', {'volume_id': 'v'}))
-    # the start that arms an undo is written (and waited for) with what came before it,
-    # in order; its own done arms nothing and waits for the next write again
+
+    def connector():   # a step that hangs: the journal, read by another process, says so
+        seen.append(wait_committed(tmp_path, 'req-d'))
+        return {}
+    seen = []
+    op.step('connector', connector)
+    assert seen == [('connector', 'started')]
     assert [(s['step'], s['state']) for s in journal.steps(op.id)] == [
-        ('get_volume', 'started'), ('get_volume', 'done'), ('reserve', 'started')]
+        ('connector', 'started')]                 # its done waits for the next write
+    op.step('reserve', lambda: None, undo=('unreserve', {'volume_id': 'v'}))
+    assert [(s['step'], s['state']) for s in journal.steps(op.id)] == [
+        ('connector', 'started'), ('connector', 'done'), ('reserve', 'started')]
     journal.finish(op.id, 'completed')
     record = journal.get('req-d')
     assert (record['state'], record['last_step'], record['step_state']) == (
         'completed', 'reserve', 'done')
-    assert [s['state'] for s in journal.steps(op.id)][-1] == 'done'
     assert journal._deferred == {}   # nothing left behind once the operation ended
 
 
-def test_deferred_records_go_with_an_undo_record_and_new_fields_are_never_deferred(
+def wait_committed(state_path, request_id, timeout=5.0):
+    """(last_step, step_state) another process sees once it is committed."""
+    other = Journal(str(state_path), owner='9:9')
+    deadline = time.monotonic() + timeout
+    while True:
+        record = other.get(request_id)
+        if record['last_step'] or time.monotonic() > deadline:
+            other.close()
+            return record['last_step'], record['step_state']
+        time.sleep(0.01)
+
+
+def test_deferred_ends_go_with_an_undo_record_and_new_fields_are_never_deferred(
         journal, tmp_path):
     op = Operation('volume_attach', 'req-u', 'h1', observer=journal)
     journal.begin(op, {})

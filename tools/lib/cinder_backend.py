@@ -14,8 +14,10 @@ cinder-volume restarts. tools/local-cloud starts cinder-volume with the file whe
 file is there, also when the Ceph it names is down (a machine restarted, a cluster
 recreated), so `ensure` compares start times rather than trusting the command line.
 """
+import datetime
 import os
 import subprocess
+import time
 
 import daemons
 import host_setup
@@ -109,9 +111,24 @@ def _types(cinder):
     return {t.name: t for t in cinder.volume_types.list(is_public=None)}
 
 
-def _pool_reported(cinder):
-    names = [p.name for p in cinder.pools.list()]
-    return next((n for n in names if n.endswith('@%s#%s' % (BACKEND, BACKEND))), None)
+def _pool_reported(cinder, since=None):
+    """The ceph pool's name once the scheduler knows it; with ``since`` (epoch s), only
+    from a report made after it: the scheduler keeps a backend's last capabilities
+    across a cinder-volume restart, also when the new driver failed its set-up."""
+    for pool in cinder.pools.list(detailed=since is not None):
+        if not pool.name.endswith('@%s#%s' % (BACKEND, BACKEND)):
+            continue
+        if since is None:
+            return pool.name
+        stamp = (pool._info.get('capabilities') or {}).get('timestamp')
+        try:   # naive UTC, e.g. 2026-12-01T16:48:18.446153
+            reported = datetime.datetime.fromisoformat(stamp).replace(
+                tzinfo=datetime.timezone.utc).timestamp()
+        except (TypeError, ValueError):
+            continue
+        if reported >= since:
+            return pool.name
+    return None
 
 
 def _local_cloud(paths, *args):
@@ -123,6 +140,8 @@ def _local_cloud(paths, *args):
 
 
 def _restart_volume(paths, why):
+    """Returns when it restarted (epoch s): what a fresh pool report must follow."""
+    since = time.time() - 1   # the report's clock is this machine's: a second's slack
     say('  restarting cinder-volume: %s (tools/local-cloud stop-service / start-service '
         'cinder-volume)' % why)
     _local_cloud(paths, 'stop-service', 'cinder-volume')
@@ -130,6 +149,7 @@ def _restart_volume(paths, why):
     if not volume_process(paths)[1]:
         raise Failure('cinder-volume runs without %s: is tools/local-cloud the one of this '
                       'change?' % paths.cinder_snippet)
+    return since
 
 
 def ensure(paths, ceph_started=None):
@@ -157,20 +177,24 @@ def ensure(paths, ceph_started=None):
         vtype.set_keys({'volume_backend_name': BACKEND})
         say('  volume type %s created (volume_backend_name=%s)' % (VOLUME_TYPE, BACKEND))
     pid, has_snippet = volume_process(paths)
+    since = None
     if not has_snippet:
-        _restart_volume(paths, 'it runs without the %s backend' % BACKEND)
+        since = _restart_volume(paths, 'it runs without the %s backend' % BACKEND)
     elif stale(daemons.started_at(pid), ceph_started):
-        _restart_volume(paths, 'it started before this Ceph, so its %s backend could not be '
-                        'set up (Cinder does not retry a driver\'s set-up)' % BACKEND)
+        since = _restart_volume(paths, 'it started before this Ceph, so its %s backend '
+                                'could not be set up (Cinder does not retry a driver\'s '
+                                'set-up)' % BACKEND)
     what = 'Cinder\'s scheduler to report the %s pool' % BACKEND
     try:
-        pool = wait_until(lambda: _pool_reported(cinder), 60, what, every=5, interval=1)
+        pool = wait_until(lambda: _pool_reported(cinder, since), 60, what, every=5,
+                          interval=1)
     except Failure:
         # the set-up failed for a reason start times do not show (Ceph not yet serving
         # when cinder-volume started after it): once more, from a fresh start
-        _restart_volume(paths, 'no %s pool after 60s (its log: %s)' % (
+        since = _restart_volume(paths, 'no %s pool after 60s (its log: %s)' % (
             BACKEND, os.path.join(paths.cloud_home, 'logs', 'cinder-volume.log')))
-        pool = wait_until(lambda: _pool_reported(cinder), 90, what, every=5, interval=1)
+        pool = wait_until(lambda: _pool_reported(cinder, since), 90, what, every=5,
+                          interval=1)
     return 'backend pool %s, volume type %s' % (pool, VOLUME_TYPE)
 
 

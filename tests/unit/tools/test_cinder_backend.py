@@ -5,6 +5,7 @@ tools/storage-stack up waited 120 s for a pool that never came).
 
 Cinder and tools/local-cloud are stand-ins here; daemons.started_at reads real processes.
 """
+import datetime
 import subprocess
 import time
 import types
@@ -67,14 +68,15 @@ class World:
         monkeypatch.setattr(cb, '_local_cloud', self.local_cloud)
         monkeypatch.setattr(cb, '_pool_reported', self.pool)
         monkeypatch.setattr(cb, 'wait_until', self.wait_until)
-        self.waits = []
+        self.waits, self.since = [], []
 
     def local_cloud(self, paths, *args):
         self.calls.append(args)
         if args[0] == 'start-service':
             self.started, self.needs_restart = 1000.0, False
 
-    def pool(self, cinder):
+    def pool(self, cinder, since=None):
+        self.since.append(since)
         return None if self.needs_restart else 'host@ceph#ceph'
 
     def wait_until(self, predicate, timeout, what, **kw):
@@ -129,3 +131,39 @@ def test_a_pool_that_never_comes_fails_after_one_restart(cb, monkeypatch):
     with pytest.raises(cb.Failure, match='ceph pool'):
         cb.ensure(PATHS, ceph_started=500.0)
     assert world.calls == RESTART       # once, not in a loop
+
+
+class Pools:
+    def __init__(self, *pools):
+        self.pools = [types.SimpleNamespace(name=name, _info={'capabilities': caps})
+                      for name, caps in pools]
+
+    def list(self, detailed=False):
+        return self.pools
+
+
+def test_after_a_restart_only_a_report_made_since_counts(cb):
+    """The scheduler keeps a backend's last capabilities across a restart of
+    cinder-volume, also when the new driver failed its set-up: a stale entry is no
+    proof that the restarted backend works."""
+    cinder = types.SimpleNamespace(pools=Pools(
+        ('h@fake#fake', {'timestamp': '2026-12-01T16:50:00.000000'}),
+        ('h@ceph#ceph', {'timestamp': '2026-12-01T16:48:18.446153'})))
+    at = datetime.datetime(2026, 12, 1, 16, 49, tzinfo=datetime.timezone.utc).timestamp()
+    assert cb._pool_reported(cinder) == 'h@ceph#ceph'               # no restart: any
+    assert cb._pool_reported(cinder, since=at) is None               # reported before it
+    assert cb._pool_reported(cinder, since=at - 60) == 'h@ceph#ceph'
+    cinder.pools.pools[1]._info['capabilities'] = {'timestamp': None}
+    assert cb._pool_reported(cinder, since=at - 60) is None          # unknown: not fresh
+
+
+def test_the_wait_after_a_restart_asks_for_a_fresh_report(cb, monkeypatch):
+    world = World(cb, monkeypatch, volume_started=100.0, needs_restart=True)
+    world.failure = cb.Failure
+    monkeypatch.setattr(cb.time, 'time', lambda: 1000.0)
+    cb.ensure(PATHS, ceph_started=500.0)
+    assert world.since == [999.0]      # restarted at 1000: a report from 999 on
+    world = World(cb, monkeypatch, volume_started=600.0, needs_restart=False)
+    world.failure = cb.Failure
+    cb.ensure(PATHS, ceph_started=500.0)
+    assert world.since == [None]       # kept: whatever it reported counts
