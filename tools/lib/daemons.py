@@ -4,7 +4,9 @@
 A process counts as ours only while its ``/proc/PID/cmdline`` still contains every
 string of its *marker* (a str or a tuple of str; each holds something unique to our
 state directory, e.g. a config file's path). A PID file alone proves nothing: the PID
-may have been reused. Nothing here signals a process that is not ours.
+may have been reused. Nothing here signals a process that is not ours: it is checked
+again through a pidfd at the moment of each signal, and a sweep never takes a process
+that has a controlling terminal (an operator's pager on one of our paths) for a stray.
 
     start(argv, pidfile, marker, log)                 # detached, in its own session
     start(argv, pidfile, marker, log, daemonizes=True)  # it forks itself and writes pidfile
@@ -135,12 +137,29 @@ def _wait_gone(pids, marker, timeout):
     return left
 
 
-def _signal(pids, sig):
+def _signal(pids, sig, marker):
+    """Signal each of pids that is still ours, through a pidfd: the process checked is
+    the one signalled, even if it ended and its PID was reused in between."""
     for pid in pids:
         try:
-            os.kill(pid, sig)
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue
+        except OSError:   # a kernel without pidfds (< 5.3): the old race remains
+            fd = None
+        try:
+            if not is_ours(pid, marker):
+                continue
+            if fd is None:
+                os.kill(pid, sig)
+            else:
+                # the pidfd's process still lives, so /proc/PID was its own: send
+                signal.pidfd_send_signal(fd, sig)
         except ProcessLookupError:
             pass
+        finally:
+            if fd is not None:
+                os.close(fd)
 
 
 def stop(pids, marker, label='process', timeout=20.0, log=print):
@@ -152,13 +171,13 @@ def stop(pids, marker, label='process', timeout=20.0, log=print):
     if not pids:
         return None
     t0 = time.monotonic()
-    _signal(pids, signal.SIGTERM)
+    _signal(pids, signal.SIGTERM, marker)
     left = _wait_gone(pids, marker, timeout)
     if not left:
         log('stopped %s (pid %s) in %.1fs' % (label, ' '.join(map(str, pids)),
                                               time.monotonic() - t0))
         return 'stopped'
-    _signal(left, signal.SIGKILL)
+    _signal(left, signal.SIGKILL, marker)
     still = _wait_gone(left, marker, 5.0)
     log('killed %s (pid %s) after it ignored SIGTERM for %.0fs%s'
         % (label, ' '.join(map(str, left)), timeout,

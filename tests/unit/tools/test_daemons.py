@@ -173,6 +173,24 @@ def test_sweep_never_takes_a_process_on_a_terminal_for_a_stray(tmp_path, marker)
         os.close(primary)
 
 
+def test_a_process_that_stopped_being_ours_is_not_signalled(tmp_path, marker):
+    # it carries the marker when listed, then becomes something else (an exec; a PID
+    # reused is the same from here): the signal checks again, on the process it reaches
+    proc = subprocess.Popen(['bash', '-c', 'exec -a "$0" bash -c "sleep 0.5; exec sleep 300"',
+                             marker], start_new_session=True)
+    try:
+        assert wait_for(lambda: daemons.is_ours(proc.pid, marker))
+        listed = [proc.pid]
+        assert wait_for(lambda: not daemons.is_ours(proc.pid, marker), 10)
+        daemons._signal(listed, signal.SIGTERM, marker)
+        time.sleep(0.2)
+        assert proc.poll() is None               # not ours any more: left alone
+        daemons._signal([proc.pid + 10 ** 7], signal.SIGTERM, marker)  # no such PID: quiet
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_find_matches_substrings_so_markers_must_be_unique(tmp_path, marker):
     # a marker is a substring test: "X" also matches "X-keep"; give each daemon a full path
     longer = marker + '-keep'
