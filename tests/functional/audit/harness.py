@@ -93,6 +93,16 @@ class Broker:
             _, ready, consumers = conn.channel().queue_declare(self.pool, passive=True)
         return ready, consumers
 
+    def unsettled(self) -> int:
+        """Messages of the pool queue not yet acknowledged: waiting, or delivered and
+        still being handled (``ready`` alone is 0 as soon as a consumer has prefetched
+        them; rabbitmqctl asks the queue itself, no statistics delay)."""
+        out = subprocess.run(['rabbitmqctl', 'list_queues', '-q', '--no-table-headers',
+                              '-p', '/', 'name', 'messages'], capture_output=True, text=True,
+                             check=True, timeout=60).stdout
+        return next(int(line.split()[1]) for line in out.splitlines()
+                    if line.split()[:1] == [self.pool])
+
     def close(self) -> None:
         if self._transport is not None:
             self._transport.cleanup()

@@ -32,8 +32,7 @@ def test_sigterm_drains_and_a_restart_finishes(broker, backend, make_serve):
 
     second = make_serve().start()
     wait_until(lambda: backend.count(models.events) == MESSAGES, 120, 'the rest stored')
-    wait_until(lambda: broker.queue_depth()[0] == 0, 30, 'the queue to empty')
-    time.sleep(1)
+    wait_until(lambda: broker.unsettled() == 0, 60, 'every message handled and acked')
     second.proc.send_signal(signal.SIGINT)
     assert second.proc.wait(30) == 0
     second_counts = second.counts()
