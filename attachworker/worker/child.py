@@ -144,7 +144,12 @@ class ChildService(service.WorkerService):
                 sent = seen
 
     def exit_now(self, code: int) -> None:
-        self._send(('metrics', child_metrics.snapshot()))  # what the undos counted
+        # what the undos counted, if the main process takes it within a second: this
+        # is the last resort, and nothing may hold it (a full pipe, a held send lock)
+        last = threading.Thread(target=lambda: self._send(
+            ('metrics', child_metrics.snapshot())), name='last-metrics', daemon=True)
+        last.start()
+        last.join(1.0)
         super().exit_now(code)
 
     # --- housekeeping: only what is this process's own -----------------------------------
