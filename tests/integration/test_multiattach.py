@@ -15,6 +15,7 @@ has the volume: nova bug 2048837) is unit-tested in tests/unit/virt/test_libvirt
 import json
 import re
 import subprocess
+import time
 import uuid
 from xml.etree import ElementTree as ET
 
@@ -130,9 +131,10 @@ def lock_events(worker, volume_id):
 
 def test_attach_and_detach_of_a_shared_volume_on_one_host_are_serialised(
         make_worker, controller, volumes, sessions, admin_cinder):
-    """An attach to one instance and a detach from another, cast together: different
-    instance locks, one volume lock. Cinder holds the attach's attachment_update 2 s
-    (a loopback proxy), so the detach is certainly waiting meanwhile."""
+    """An attach to one instance and a detach from another: different instance locks,
+    one volume lock. The detach is cast once the attach holds the volume lock (two
+    instances' casts may start in either order), and Cinder holds the attach's
+    attachment_update 2 s (a loopback proxy), so the detach is certainly waiting."""
     with FaultProxy() as proxy:
         worker = make_worker(cinder__endpoint_template=proxy.url + '/v3/%(project_id)s')
         ctl = controller(worker)
@@ -146,6 +148,10 @@ def test_attach_and_detach_of_a_shared_volume_on_one_host_are_serialised(
                   request_id=attach.request_id)
         ctl.api.attach_volume(attach, worker.host, {'uuid': second,
                                                     'project_id': attach.project_id}, vid)
+        deadline = time.monotonic() + 30
+        while ('Acquired', attach.request_id) not in lock_events(worker, vid):
+            assert time.monotonic() < deadline, 'the attach never took the volume lock'
+            time.sleep(0.05)
         ctl.api.detach_volume(detach, worker.host, {'uuid': first}, vid)
         seen = ctl.outcomes([attach.request_id, detach.request_id], 60)
     assert seen[attach.request_id][-1] == 'instance.volume_attach.end', seen
