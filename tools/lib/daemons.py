@@ -88,6 +88,12 @@ def _ppid(pid):
     return int(fields[1]) if fields else None
 
 
+def cpu_ticks(pid):
+    """User + system CPU time pid has used, in clock ticks (0 when it is gone)."""
+    fields = _stat(pid)
+    return int(fields[11]) + int(fields[12]) if fields else 0
+
+
 def has_terminal(pid):
     """Does pid have a controlling terminal? A daemon of ours never has one (started
     in its own session, or daemonizing itself); a pager or an editor an operator runs

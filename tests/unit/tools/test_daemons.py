@@ -89,6 +89,19 @@ def test_descendants_include_grandchildren(tmp_path, marker):
     os.kill(pid, signal.SIGKILL)
 
 
+def test_cpu_ticks_count_what_a_process_spent_and_nothing_once_it_is_gone(tmp_path):
+    busy = subprocess.Popen(['bash', '-c', 'while :; do :; done'])
+    idle = subprocess.Popen(['sleep', '300'])
+    try:
+        assert wait_for(lambda: daemons.cpu_ticks(busy.pid) >= os.sysconf('SC_CLK_TCK') // 5)
+        assert daemons.cpu_ticks(idle.pid) < daemons.cpu_ticks(busy.pid)
+    finally:
+        for proc in (busy, idle):
+            proc.kill()
+            proc.wait()
+    assert daemons.cpu_ticks(busy.pid) == 0
+
+
 def test_stop_sends_term_first(tmp_path, marker):
     pid = daemons.start(['bash', '-c', SLEEP_AS_MARKER, marker], str(tmp_path / 'd.pid'),
                         marker, str(tmp_path / 'd.log'))
