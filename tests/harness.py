@@ -6,9 +6,11 @@ host name and ``control_exchange`` (so tests never see each other's casts);
 real RabbitMQ.
 """
 import configparser
+import json
 import os
 import pathlib
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -21,8 +23,29 @@ from attachworker import config
 from attachworker import outcome
 from attachworker import rpc
 from attachworker import rpcapi
+from attachworker.virt import fake_store
 
 BIN = pathlib.Path(sys.executable).parent
+
+
+def fake_virt_record(state, instance_uuid: str) -> dict:
+    """The fake virt driver's committed record of one instance under a worker's
+    ``state_path``, read as another process would ({} when it has none)."""
+    path = pathlib.Path(state) / 'fake-virt' / 'records.sqlite'
+    if not path.exists():
+        return {}
+    db = sqlite3.connect('file:%s?mode=ro' % path, uri=True, timeout=30)
+    try:
+        row = db.execute(fake_store.SELECT_ONE, (instance_uuid,)).fetchone()
+    finally:
+        db.close()
+    return json.loads(row[0]) if row else {}
+
+
+def files_bytes(directory) -> bytes:
+    """Every byte of every file under directory (a database, its WAL...), for scans."""
+    return b''.join(path.read_bytes() for path in sorted(pathlib.Path(directory).rglob('*'))
+                    if path.is_file())
 
 
 def terminate(proc: Optional[subprocess.Popen], timeout: float = 60) -> Optional[int]:

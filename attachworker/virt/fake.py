@@ -2,7 +2,7 @@
 
 It behaves like a real one where the pipeline can tell (a device holds one volume,
 re-attaching is harmless, names are handed out once) and keeps its records durable
-(attachworker.virt.fake_store: one small file per instance), so detach, device
+(attachworker.virt.fake_store: a SQLite row per instance), so detach, device
 naming and restarts work. An instance's record::
 
     {"attachments": {"b1204e0c-...": {"volume_id": "b1204e0c-...",
@@ -17,8 +17,8 @@ naming and restarts work. An instance's record::
 
 ``size_bytes`` is the size the last ``extend_volume`` gave the disk (absent before
 one). Only those fields are stored: ``connection_info['data']`` carries CHAP secrets.
-Every call takes its instance's lock and re-reads its instance's file, so the worker's
-threads and other processes never overwrite each other's records.
+Every change is a read-modify-write of its instance's row in one transaction, so the
+worker's threads and other processes never overwrite each other's records.
 """
 import datetime
 import os
@@ -70,12 +70,9 @@ class FakeDriver(driver.VirtDriver):
         super().__init__(conf)
         self._store = fake_store.Store(os.path.join(conf.state_path, 'fake-virt'))
 
-    def _locked(self, instance_uuid: str):
-        return self._store.locked(instance_uuid)
-
     def _update(self, instance_uuid: str, change) -> Any:
-        """Apply ``change(state)`` to the instance's record; persisted before it is
-        seen (the lock held). ``state`` is ``{'instances': {uuid: record}}``."""
+        """Apply ``change(state)`` to the instance's record; committed before it is
+        returned, atomically. ``state`` is ``{'instances': {uuid: record}}``."""
         def on_record(record: dict) -> Any:
             return change({'instances': {instance_uuid: record}})
         return self._store.update(instance_uuid, on_record)
@@ -130,8 +127,7 @@ class FakeDriver(driver.VirtDriver):
             }
             return True
 
-        with self._locked(instance_uuid):
-            attached = self._update(instance_uuid, change)
+        attached = self._update(instance_uuid, change)
         LOG.info('%(what)s volume %(vol)s to instance %(inst)s at %(mp)s',
                  {'what': 'Attached' if attached else 'Already attached',
                   'vol': volume_id, 'inst': instance_uuid, 'mp': mountpoint})
@@ -146,8 +142,7 @@ class FakeDriver(driver.VirtDriver):
             inst.get('reserved_at', {}).pop(volume_id, None)
             return inst['attachments'].pop(volume_id, None)
 
-        with self._locked(instance_uuid):
-            detached = self._update(instance_uuid, change)
+        detached = self._update(instance_uuid, change)
         if detached is None:
             LOG.info('Volume %(vol)s is not attached to instance %(inst)s; nothing to detach',
                      {'vol': volume_id, 'inst': instance_uuid})
@@ -177,8 +172,7 @@ class FakeDriver(driver.VirtDriver):
             current['size_bytes'] = new_size
             return old
 
-        with self._locked(instance_uuid):
-            old = self._update(instance_uuid, change)
+        old = self._update(instance_uuid, change)
         LOG.info('Extended volume %(vol)s of instance %(inst)s to %(size)d bytes (was %(old)s)',
                  {'vol': volume_id, 'inst': instance_uuid, 'size': new_size,
                   'old': 'unknown' if old is None else old})
@@ -211,16 +205,14 @@ class FakeDriver(driver.VirtDriver):
                            flow=record.get('flow'), attachment_id=record.get('attachment_id'),
                            mode='ro' if 'ro' in (record.get('mode'), access_mode) else 'rw')
 
-        with self._locked(instance_uuid):
-            self._update(instance_uuid, change)
+        self._update(instance_uuid, change)
         LOG.info('Refreshed the connection of volume %(vol)s on instance %(inst)s: '
                  'attachment %(att)s', {'vol': volume_id, 'inst': instance_uuid,
                                         'att': record.get('attachment_id')})
 
     def get_attachments(self, instance_uuid: str) -> list[dict]:
-        with self._locked(instance_uuid):
-            records = [dict({'size_bytes': None}, **record) for record in
-                       self._store.load(instance_uuid)['attachments'].values()]
+        records = [dict({'size_bytes': None}, **record) for record in
+                   self._store.load(instance_uuid)['attachments'].values()]
         # /dev/vdz before /dev/vdaa, as the disks were handed out.
         return sorted(records, key=lambda r: (len(r['mountpoint']), r['mountpoint']))
 
@@ -248,8 +240,7 @@ class FakeDriver(driver.VirtDriver):
             inst.setdefault('reserved_at', {})[volume_id] = time.time()
             return chosen
 
-        with self._locked(instance_uuid):
-            return self._update(instance_uuid, change)
+        return self._update(instance_uuid, change)
 
     def release_device_name(self, instance_uuid: str, volume_id: str) -> None:
         def change(state: dict) -> None:
@@ -257,8 +248,7 @@ class FakeDriver(driver.VirtDriver):
             inst['reservations'].pop(volume_id, None)
             inst.get('reserved_at', {}).pop(volume_id, None)
 
-        with self._locked(instance_uuid):
-            self._update(instance_uuid, change)
+        self._update(instance_uuid, change)
 
     def reservations(self) -> list[dict]:
         index = self._store.reservations()

@@ -16,6 +16,7 @@ import uuid
 from cinderclient import exceptions as cinder_exc
 import pytest
 
+from tests import harness
 from tests.integration.conftest import caller_context
 from tests.integration.conftest import cinder_for
 from tests.integration.test_attach import attach
@@ -65,8 +66,7 @@ def cast_extend(ctl, worker, ctxt, instance_uuid, volume_id, new_size=None, time
 
 
 def fake_record(worker, instance_uuid, volume_id):
-    path = worker.state / 'fake-virt' / 'instances' / ('%s.json' % instance_uuid)
-    return json.loads(path.read_text())['attachments'][volume_id]
+    return harness.fake_virt_record(worker.state, instance_uuid)['attachments'][volume_id]
 
 
 def test_extend_attached_volume(make_worker, controller, volumes, sessions, admin_cinder):

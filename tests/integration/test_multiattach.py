@@ -19,6 +19,7 @@ import time
 import uuid
 from xml.etree import ElementTree as ET
 
+from tests import harness
 from tests.integration.conftest import caller_context
 from tests.integration.fault_proxy import FaultProxy
 from tests.integration.test_libvirt_rbd import cast
@@ -37,8 +38,7 @@ RECORDS_NS = '{https://attachworker.example/xmlns/volumes/1}volumes'
 
 def on_host(worker, instance_uuid):
     """The fake virt driver's records of the instance: {volume id: record}."""
-    path = worker.state / 'fake-virt' / 'instances' / ('%s.json' % instance_uuid)
-    return json.loads(path.read_text())['attachments'] if path.exists() else {}
+    return harness.fake_virt_record(worker.state, instance_uuid).get('attachments', {})
 
 
 def cinder_says(admin_cinder, volume_id):

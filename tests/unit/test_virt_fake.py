@@ -1,8 +1,13 @@
 """The fake virt driver: a hypervisor's rules, durable records, no secrets."""
 import datetime
+import glob
 import json
 import logging
 import os
+import pathlib
+import sqlite3
+import subprocess
+import sys
 import threading
 
 from oslo_config import cfg
@@ -44,10 +49,26 @@ def driver(conf):
     return fake.FakeDriver(conf)
 
 
-def state_file(conf, instance_uuid=None):
-    """The file of one instance's records."""
-    return os.path.join(conf.state_path, 'fake-virt', 'instances',
-                        (instance_uuid or INSTANCE['uuid']) + '.json')
+def state_dir(conf):
+    return os.path.join(conf.state_path, 'fake-virt')
+
+
+def state_bytes(conf):
+    """Every byte the driver keeps on disk (the database, its WAL and its shm)."""
+    return b''.join(pathlib.Path(path).read_bytes() for path in
+                    sorted(glob.glob(os.path.join(state_dir(conf), '**'), recursive=True))
+                    if os.path.isfile(path))
+
+
+def rows(conf):
+    """{instance uuid: (record, reserved)}, as another process reads them."""
+    db = sqlite3.connect('file:%s?mode=ro' % os.path.join(state_dir(conf), 'records.sqlite'),
+                         uri=True)
+    try:
+        return {uuid: (json.loads(record), reserved) for uuid, record, reserved in
+                db.execute('SELECT uuid, record, reserved FROM instances')}
+    finally:
+        db.close()
 
 
 def test_attachment_record_has_the_contract_fields(driver):
@@ -205,58 +226,77 @@ def test_concurrent_reservations_never_collide(conf, driver):
             for i in range(20)} == expected
 
 
-def test_state_file_never_holds_connection_secrets(conf, driver, caplog):
+def test_state_never_holds_connection_secrets(conf, driver, caplog):
     caplog.set_level(logging.DEBUG)
     driver.attach_volume(None, iscsi_info(), INSTANCE, '/dev/vdb', VOL_A)
-    with open(state_file(conf)) as f:
-        text = f.read()
-    assert SECRET not in text
-    assert 'target_iqn' not in text  # connection_info['data'] is not kept at all
-    assert json.loads(text)['attachments'][VOL_A]
+    assert rows(conf)[INSTANCE['uuid']][0]['attachments'][VOL_A]
+    data = state_bytes(conf)
+    assert data and SECRET.encode() not in data
+    assert b'target_iqn' not in data  # connection_info['data'] is not kept at all
     assert SECRET not in caplog.text
     assert "'auth_password': '***'" in caplog.text  # logged, but masked
     assert 'Attached volume %s' % VOL_A in caplog.text
 
 
-def test_state_file_is_written_atomically_and_privately(conf, driver):
+def test_what_a_call_returns_is_committed_and_private(conf, driver):
     driver.attach_volume(None, iscsi_info(), INSTANCE, '/dev/vdb', VOL_A)
-    state_dir = os.path.dirname(state_file(conf))
-    # no temp file left; .lock is the flock other processes share
-    assert sorted(os.listdir(os.path.dirname(state_dir))) == ['.lock', 'instances', 'locks',
-                                                             'reserved']
-    assert os.listdir(state_dir) == [INSTANCE['uuid'] + '.json']
-    assert os.stat(state_file(conf)).st_mode & 0o077 == 0
+    # another connection sees the row at once: the call returned after its COMMIT
+    assert list(rows(conf)) == [INSTANCE['uuid']]
+    assert os.stat(state_dir(conf)).st_mode & 0o077 == 0
+    assert driver.reserve_device_name(INSTANCE['uuid'], VOL_B) == '/dev/vdc'
+    assert rows(conf)[INSTANCE['uuid']][1] == 1  # the flag expiry reads
+    driver.detach_volume(None, INSTANCE, '/dev/vdb', VOL_A)
+    driver.release_device_name(INSTANCE['uuid'], VOL_B)
+    assert rows(conf) == {}  # an instance with nothing leaves no row
 
 
-def test_corrupt_state_file_is_an_error_not_an_empty_start(conf, driver):
+def test_a_change_that_fails_leaves_the_row_as_it_was(conf, driver):
     driver.attach_volume(None, iscsi_info(), INSTANCE, '/dev/vdb', VOL_A)
-    with open(state_file(conf), 'w') as f:
-        f.write('{"attachments": {')
-    with pytest.raises(exception.VirtDriverError, match=INSTANCE['uuid'] + '.json'):
-        fake.FakeDriver(conf).get_attachments(INSTANCE['uuid'])
+    before = rows(conf)
+
+    def half_done(inst):
+        inst['attachments'].clear()
+        raise exception.VirtDriverError(reason='failed half way')
+    with pytest.raises(exception.VirtDriverError, match='half way'):
+        driver._store.update(INSTANCE['uuid'], half_done)
+    assert rows(conf) == before
+    assert [a['volume_id'] for a in driver.get_attachments(INSTANCE['uuid'])] == [VOL_A]
 
 
-def test_a_call_reads_and_writes_only_its_instances_file(conf, driver):
-    """Its cost does not grow with the number of instances (issue 9, goal 5)."""
-    others = ['0e5e6e4c-%04d-4000-8000-000000000000' % i for i in range(50)]
-    for uuid in others:
-        driver.attach_volume(None, iscsi_info(), {'uuid': uuid}, '/dev/vdb', VOL_A)
-    before = {uuid: os.stat(state_file(conf, uuid)).st_mtime_ns for uuid in others}
-    opened = []
-    real_open = open
+def test_corrupt_record_is_an_error_not_an_empty_start(conf, driver):
+    driver.attach_volume(None, iscsi_info(), INSTANCE, '/dev/vdb', VOL_A)
+    db = sqlite3.connect(os.path.join(state_dir(conf), 'records.sqlite'))
+    with db:
+        db.execute("UPDATE instances SET record = '{\"attachments\": {'")
+    db.close()
+    for call in (lambda d: d.get_attachments(INSTANCE['uuid']),
+                 lambda d: d.attach_volume(None, iscsi_info(), INSTANCE, '/dev/vdc', VOL_B)):
+        with pytest.raises(exception.VirtDriverError, match=INSTANCE['uuid']):
+            call(fake.FakeDriver(conf))
 
-    def spy(path, *args, **kwargs):
-        opened.append(str(path))
-        return real_open(path, *args, **kwargs)
-    import builtins
-    builtins.open, saved = spy, builtins.open
+
+@pytest.mark.parametrize('bad', ['', 'inst-\ud800', None, 7])
+def test_an_instance_uuid_that_cannot_be_stored_is_bad_input(driver, bad):
+    with pytest.raises(exception.InvalidInput):
+        driver.reserve_device_name(bad, VOL_A)
+    with pytest.raises(exception.InvalidInput):
+        driver.get_attachments(bad)
+
+
+def test_every_statement_finds_its_rows_through_an_index(conf, driver):
+    """A call's cost does not grow with the number of instances nor with history
+    (issue 9, goal 5): no statement of the store scans the table."""
+    db = sqlite3.connect(os.path.join(state_dir(conf), 'records.sqlite'))
     try:
-        driver.attach_volume(None, iscsi_info(), INSTANCE, '/dev/vdb', VOL_B)
-        driver.get_attachments(INSTANCE['uuid'])
+        def plan(sql, *args):
+            return ' '.join(row[-1] for row in db.execute('EXPLAIN QUERY PLAN ' + sql, args))
+        for sql in (fake_store.SELECT_ONE, fake_store.DELETE):
+            assert plan(sql, 'x').startswith('SEARCH instances USING INDEX'), sql
+        # a scan of the partial index: of the rows holding reservations, no others
+        assert plan(fake_store.SELECT_RESERVED) == \
+            'SCAN instances USING INDEX instances_reserved'
     finally:
-        builtins.open = saved
-    assert {uuid: os.stat(state_file(conf, uuid)).st_mtime_ns for uuid in others} == before
-    assert not [p for p in opened if any(uuid in p for uuid in others)]
+        db.close()
 
 
 def test_the_first_releases_single_file_is_split_up(conf):
@@ -275,28 +315,36 @@ def test_the_first_releases_single_file_is_split_up(conf):
     assert not os.path.exists(os.path.join(old_dir, 'attachments.json'))
 
 
-def test_reservations_are_found_through_markers_and_the_old_index_is_converted(conf):
-    base = os.path.join(conf.state_path, 'fake-virt')
+def test_the_third_releases_files_are_imported_once(conf):
+    base = state_dir(conf)
+    for name in ('instances', 'reserved', 'locks'):
+        os.makedirs(os.path.join(base, name))
+    with open(os.path.join(base, 'instances', INSTANCE['uuid'] + '.json'), 'w') as f:
+        json.dump({'attachments': {VOL_A: {'volume_id': VOL_A, 'mountpoint': '/dev/vdb',
+                                           'driver_volume_type': 'rbd', 'access_mode': 'rw',
+                                           'attached_at': '2026-11-25T10:42:07+00:00'}},
+                   'reservations': {VOL_B: '/dev/vdc'}, 'reserved_at': {VOL_B: 5.0}}, f)
+    open(os.path.join(base, 'reserved', INSTANCE['uuid']), 'w').close()
     driver = fake.FakeDriver(conf)
-    assert driver.reserve_device_name(INSTANCE['uuid'], VOL_A) == '/dev/vdb'
-    marker = os.path.join(base, 'reserved', INSTANCE['uuid'])
-    assert os.path.exists(marker)
-    driver.release_device_name(INSTANCE['uuid'], VOL_A)
-    assert not os.path.exists(marker) and driver.reservations() == []
-    # the second release's index: reservations.json, turned into markers once
-    driver.reserve_device_name(INSTANCE['uuid'], VOL_B)
-    os.unlink(marker)
-    with open(os.path.join(base, 'reservations.json'), 'w') as f:
-        json.dump({INSTANCE['uuid']: {VOL_B: ['/dev/vdb', 1.0]}}, f)
-    driver = fake.FakeDriver(conf)
-    assert [(r['volume_id'], r['device']) for r in driver.reservations()] == [
-        (VOL_B, '/dev/vdb')]
-    assert os.path.exists(marker)
-    assert not os.path.exists(os.path.join(base, 'reservations.json'))
-    # a marker left by a crash, for an instance without reservations, goes away
-    stray = os.path.join(base, 'reserved', '0c1d2e3f-4a5b-4e7f-8a9b-8f0e3c4a5b6d')
-    open(stray, 'w').close()
-    assert len(driver.reservations()) == 1 and not os.path.exists(stray)
+    assert [a['volume_id'] for a in driver.get_attachments(INSTANCE['uuid'])] == [VOL_A]
+    assert driver.reservations() == [{'instance_uuid': INSTANCE['uuid'], 'volume_id': VOL_B,
+                                      'device': '/dev/vdc', 'reserved_at': 5.0}]
+    assert sorted(n for n in os.listdir(base) if not n.startswith('records.sqlite')) == [
+        '.lock']
+    # started again: nothing to import, nothing lost
+    assert [a['volume_id'] for a in fake.FakeDriver(conf).get_attachments(
+        INSTANCE['uuid'])] == [VOL_A]
+
+
+def test_a_bad_row_does_not_hide_the_other_reservations(conf, driver, caplog):
+    driver.reserve_device_name(INSTANCE['uuid'], VOL_A)
+    driver.reserve_device_name(OTHER_INSTANCE['uuid'], VOL_B)
+    db = sqlite3.connect(os.path.join(state_dir(conf), 'records.sqlite'))
+    with db:
+        db.execute("UPDATE instances SET record = '[]' WHERE uuid = ?", (INSTANCE['uuid'],))
+    db.close()
+    assert [r['volume_id'] for r in driver.reservations()] == [VOL_B]
+    assert 'Reservations of instance %s cannot be read' % INSTANCE['uuid'] in caplog.text
 
 
 def test_capabilities_are_advertised(driver):
@@ -335,54 +383,36 @@ def test_two_drivers_on_one_state_never_overwrite_each_other(conf, driver):
     assert [a['volume_id'] for a in driver.get_attachments(INSTANCE['uuid'])] == [VOL_B]
 
 
-def test_a_crash_between_a_reservations_file_and_its_marker_loses_nothing(conf, monkeypatch):
-    """The marker exists whenever the file holds a reservation: made before the file
-    gains its first, removed after the file lost its last."""
-    driver = fake.FakeDriver(conf)
-    marker = os.path.join(conf.state_path, 'fake-virt', 'reserved', INSTANCE['uuid'])
-
-    def crash(*args):
-        raise exception.VirtDriverError(reason='killed')
-    real_write = fake_store._write
-    monkeypatch.setattr(fake_store, '_write', crash)
-    with pytest.raises(exception.VirtDriverError):
-        driver.reserve_device_name(INSTANCE['uuid'], VOL_A)
-    assert os.path.exists(marker)  # made first; the file never got the reservation
-    assert driver.reservations() == [] and not os.path.exists(marker)  # cleaned
-    monkeypatch.setattr(fake_store, '_write', real_write)
-    driver.reserve_device_name(INSTANCE['uuid'], VOL_A)
-    monkeypatch.setattr(fake_store, '_write', crash)
-    with pytest.raises(exception.VirtDriverError):  # the attach that uses it dies
-        driver.attach_volume(None, iscsi_info(), INSTANCE, '/dev/vdb', VOL_A)
-    # the file still has the reservation, so its marker is still there: expiry finds it
-    assert [r['volume_id'] for r in driver.reservations()] == [VOL_A]
-    assert os.path.exists(marker)
+CHILD = """
+import os, sys, time
+from oslo_config import cfg
+import attachworker.conf
+from attachworker.virt import fake
+conf = cfg.ConfigOpts()
+attachworker.conf.register_opts(conf)
+conf(args=[], default_config_files=[])
+conf.set_override('state_path', sys.argv[1])
+driver = fake.FakeDriver(conf)
+for i in range(int(sys.argv[3])):
+    print(driver.reserve_device_name(sys.argv[2], 'child-vol-%02d' % i), flush=True)
+print('done', flush=True)
+time.sleep(300)
+"""
 
 
-def test_an_instance_held_by_another_process_waits_only_its_own_calls(conf, driver):
-    """The lock is per instance and shared by every process of the host: while another
-    process holds one instance's, a call for it waits and one for another instance
-    does not."""
-    import subprocess
-    import sys
-    lock = os.path.join(conf.state_path, 'fake-virt', 'locks', INSTANCE['uuid'] + '.lock')
-    holder = subprocess.Popen(
-        [sys.executable, '-c', 'import fcntl, sys, time\n'
-         'f = open(sys.argv[1], "a"); fcntl.flock(f, fcntl.LOCK_EX)\n'
-         'print("held", flush=True); sys.stdin.readline()', lock],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+def test_two_processes_on_one_instance_never_collide_and_kill_9_loses_nothing(conf, driver):
+    """Every process of the host shares the records: a reservation made in another
+    process is never handed out again here, and what it was told survives its kill -9."""
+    child = subprocess.Popen([sys.executable, '-c', CHILD, conf.state_path,
+                              INSTANCE['uuid'], '15'], stdout=subprocess.PIPE, text=True)
     try:
-        assert holder.stdout.readline().strip() == 'held'
-        blocked = threading.Thread(target=driver.attach_volume,
-                                   args=(None, iscsi_info(), INSTANCE, '/dev/vdb', VOL_A))
-        blocked.start()
-        driver.attach_volume(None, iscsi_info(), OTHER_INSTANCE, '/dev/vdb', VOL_B)
-        assert driver.get_attachments(OTHER_INSTANCE['uuid'])  # did not wait
-        blocked.join(0.5)
-        assert blocked.is_alive()  # waits for the other process
+        mine = [driver.reserve_device_name(INSTANCE['uuid'], 'vol-%02d' % i)
+                for i in range(15)]
+        theirs = [child.stdout.readline().strip() for _ in range(15)]
+        assert child.stdout.readline().strip() == 'done'
     finally:
-        holder.stdin.write('\n')
-        holder.stdin.flush()
-        holder.wait(10)
-    blocked.join(10)
-    assert [a['volume_id'] for a in driver.get_attachments(INSTANCE['uuid'])] == [VOL_A]
+        child.kill()  # SIGKILL: nothing of it runs after what it printed
+        child.wait(10)
+    assert len(set(mine + theirs)) == 30, (mine, theirs)
+    found = {r['volume_id']: r['device'] for r in fake.FakeDriver(conf).reservations()}
+    assert sorted(found[v] for v in found if v.startswith('child-vol-')) == sorted(theirs)

@@ -89,9 +89,9 @@ def _ppid(pid):
 
 
 def cpu_ticks(pid):
-    """User + system CPU time pid has used, in clock ticks (0 when it is gone)."""
+    """(user, system) CPU time pid has used, in clock ticks ((0, 0) when it is gone)."""
     fields = _stat(pid)
-    return int(fields[11]) + int(fields[12]) if fields else 0
+    return (int(fields[11]), int(fields[12])) if fields else (0, 0)
 
 
 def has_terminal(pid):
