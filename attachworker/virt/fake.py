@@ -70,9 +70,12 @@ class FakeDriver(driver.VirtDriver):
         super().__init__(conf)
         self._store = fake_store.Store(os.path.join(conf.state_path, 'fake-virt'))
 
-    def _update(self, instance_uuid: str, change) -> Any:
+    def _update(self, instance_uuid: str, change, volume_id: Any = '') -> Any:
         """Apply ``change(state)`` to the instance's record; committed before it is
         returned, atomically. ``state`` is ``{'instances': {uuid: record}}``."""
+        if not isinstance(volume_id, str):  # a key JSON would turn into another one
+            raise exception.InvalidInput(reason='bad volume id %r' % (volume_id,))
+
         def on_record(record: dict) -> Any:
             return change({'instances': {instance_uuid: record}})
         return self._store.update(instance_uuid, on_record)
@@ -127,7 +130,7 @@ class FakeDriver(driver.VirtDriver):
             }
             return True
 
-        attached = self._update(instance_uuid, change)
+        attached = self._update(instance_uuid, change, volume_id)
         LOG.info('%(what)s volume %(vol)s to instance %(inst)s at %(mp)s',
                  {'what': 'Attached' if attached else 'Already attached',
                   'vol': volume_id, 'inst': instance_uuid, 'mp': mountpoint})
@@ -142,7 +145,7 @@ class FakeDriver(driver.VirtDriver):
             inst.get('reserved_at', {}).pop(volume_id, None)
             return inst['attachments'].pop(volume_id, None)
 
-        detached = self._update(instance_uuid, change)
+        detached = self._update(instance_uuid, change, volume_id)
         if detached is None:
             LOG.info('Volume %(vol)s is not attached to instance %(inst)s; nothing to detach',
                      {'vol': volume_id, 'inst': instance_uuid})
@@ -172,7 +175,7 @@ class FakeDriver(driver.VirtDriver):
             current['size_bytes'] = new_size
             return old
 
-        old = self._update(instance_uuid, change)
+        old = self._update(instance_uuid, change, volume_id)
         LOG.info('Extended volume %(vol)s of instance %(inst)s to %(size)d bytes (was %(old)s)',
                  {'vol': volume_id, 'inst': instance_uuid, 'size': new_size,
                   'old': 'unknown' if old is None else old})
@@ -205,7 +208,7 @@ class FakeDriver(driver.VirtDriver):
                            flow=record.get('flow'), attachment_id=record.get('attachment_id'),
                            mode='ro' if 'ro' in (record.get('mode'), access_mode) else 'rw')
 
-        self._update(instance_uuid, change)
+        self._update(instance_uuid, change, volume_id)
         LOG.info('Refreshed the connection of volume %(vol)s on instance %(inst)s: '
                  'attachment %(att)s', {'vol': volume_id, 'inst': instance_uuid,
                                         'att': record.get('attachment_id')})
@@ -240,7 +243,7 @@ class FakeDriver(driver.VirtDriver):
             inst.setdefault('reserved_at', {})[volume_id] = time.time()
             return chosen
 
-        return self._update(instance_uuid, change)
+        return self._update(instance_uuid, change, volume_id)
 
     def release_device_name(self, instance_uuid: str, volume_id: str) -> None:
         def change(state: dict) -> None:
@@ -248,7 +251,7 @@ class FakeDriver(driver.VirtDriver):
             inst['reservations'].pop(volume_id, None)
             inst.get('reserved_at', {}).pop(volume_id, None)
 
-        self._update(instance_uuid, change)
+        self._update(instance_uuid, change, volume_id)
 
     def reservations(self) -> list[dict]:
         index = self._store.reservations()

@@ -67,6 +67,8 @@ def _decode(text: Any, what: str) -> dict:
         raise exception.VirtDriverError(reason='%s is not a record' % what)
     for key, default in EMPTY.items():
         value.setdefault(key, copy.deepcopy(default))
+        if not isinstance(value[key], dict):
+            raise exception.VirtDriverError(reason='%s: %s is not a mapping' % (what, key))
     return value
 
 
@@ -145,15 +147,30 @@ class Store:
                 new = copy.deepcopy(old)
                 result = change(new)
                 if new != old:
-                    if new['attachments'] or new['reservations']:
-                        db.execute(REPLACE, (instance_uuid, json.dumps(new, sort_keys=True),
-                                             1 if new['reservations'] else 0))
-                    else:
-                        db.execute(DELETE, (instance_uuid,))
+                    self._put(db, instance_uuid, new)
         except sqlite3.Error as exc:
             raise exception.VirtDriverError(
                 reason='cannot write the records of %s: %s' % (instance_uuid, exc)) from exc
         return result
+
+    @staticmethod
+    def _put(db: sqlite3.Connection, instance_uuid: str, inst: dict) -> None:
+        if not (inst['attachments'] or inst['reservations']):
+            db.execute(DELETE, (instance_uuid,))
+            return
+        try:
+            text = json.dumps(inst, sort_keys=True)
+        except (TypeError, ValueError) as exc:
+            raise exception.VirtDriverError(
+                reason='the records of %s cannot be stored: %s' % (instance_uuid, exc)) \
+                from exc
+        db.execute(REPLACE, (instance_uuid, text, 1 if inst['reservations'] else 0))
+
+    def close(self) -> None:
+        self._group.close()
+        self._db.close()
+        with self._reader_lock:
+            self._reader.close()
 
     def reservations(self) -> dict:
         """{instance uuid: {volume id: [device, reserved_at]}}, committed ones."""
@@ -179,21 +196,37 @@ class Store:
         return found
 
     def _import_old_layouts(self) -> None:
-        """Rows from the files of earlier releases; the files go once the rows are
-        committed (a crash in between imports the same files again)."""
+        """Rows from the files of earlier releases, in one transaction; the files go
+        once it is committed (a crash in between imports the same files again). The
+        files replace the rows of the instances they name: they are what the release
+        that wrote them last knew. (Stop that release before starting this one on a
+        host: what it writes after the import is not imported.)"""
         first = os.path.join(self.dir, 'attachments.json')
         per_instance = sorted(glob.glob(os.path.join(self.dir, 'instances', '*.json')))
         records = {}
         if os.path.exists(first):
             state = _read_file(first)
-            for instance_uuid, inst in (state.get('instances') or {}).items():
-                records[instance_uuid] = _decode(json.dumps(inst), first)
+            instances = state.get('instances') or {}
+            if not isinstance(instances, dict):
+                raise exception.VirtDriverError(reason='%s has no instances' % first)
+            for instance_uuid, inst in instances.items():
+                records[instance_uuid] = (first, _decode(json.dumps(inst), first))
         for path in per_instance:  # newer than attachments.json, which they replaced
-            records[os.path.basename(path)[:-len('.json')]] = _read_file(path)
-        for instance_uuid, inst in records.items():
-            self.update(check_instance(instance_uuid),
-                        lambda new, inst=inst: new.update(copy.deepcopy(inst)))
+            records[os.path.basename(path)[:-len('.json')]] = (path, _read_file(path))
         if records:
+            try:
+                with self._group.write() as db:
+                    for instance_uuid, (path, inst) in sorted(records.items()):
+                        try:
+                            check_instance(instance_uuid)
+                        except exception.InvalidInput as exc:
+                            raise exception.VirtDriverError(
+                                reason='%s: %s' % (path, exc)) from exc
+                        self._put(db, instance_uuid, inst)
+            except sqlite3.Error as exc:
+                raise exception.VirtDriverError(
+                    reason='cannot import the records of an earlier release: %s' % exc) \
+                    from exc
             LOG.info('Imported the fake virt records of %d instances into %s',
                      len(records), self.path)
         for path in per_instance + [first, os.path.join(self.dir, 'reservations.json')]:

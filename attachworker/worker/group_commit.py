@@ -15,6 +15,10 @@ back and every write of that batch fails, as a COMMIT of its own would have; a
 statement error that makes SQLite roll the whole transaction back (SQLITE_FULL,
 SQLITE_IOERR...) fails the batch at once, and the next write begins a new one.
 
+A body that raises has its own statements undone and still waits for its batch (what it
+decided may rest on other writers' uncommitted statements); it gets the batch's error
+if the batch failed, else its own.
+
 Readers of this connection see writes not yet committed: what must only see
 committed rows uses a connection of its own (Journal's reader).
 """
@@ -80,28 +84,43 @@ class GroupCommit:
                 self._db.execute('BEGIN IMMEDIATE')
                 self._batch = _Batch()
             batch = self._batch
+            failure: Optional[Exception] = None
             try:
                 self._db.execute('SAVEPOINT w')
                 try:
                     yield self._db
                     self._db.execute('RELEASE w')
-                except BaseException:
-                    if self._db.in_transaction:
-                        with contextlib.suppress(sqlite3.Error):
-                            self._db.execute('ROLLBACK TO w')
-                        with contextlib.suppress(sqlite3.Error):
-                            self._db.execute('RELEASE w')
-                    raise
+                except BaseException as exc:
+                    self._undo_writer()
+                    if not isinstance(exc, Exception):
+                        raise
+                    failure = exc
             finally:
                 self._check_open()
                 self._want_commit()  # the transaction must not stay open
-        if not wait:
+        if not wait and failure is None:
             return
+        # a body that failed waits too: what it decided may rest on other writers'
+        # statements of this batch, which it must not report before they are on disk
         with self._settled:
             while not batch.settled:
                 self._settled.wait()
         if batch.error is not None:
-            raise _copy(batch.error)
+            raise _copy(batch.error) from failure
+        if failure is not None:
+            raise failure
+
+    def _undo_writer(self) -> None:
+        """Undo a failed body's statements, and nothing else of the batch: when that
+        cannot be done, the whole transaction goes (its batch fails: _check_open)."""
+        if not self._db.in_transaction:
+            return
+        try:
+            self._db.execute('ROLLBACK TO w')
+            self._db.execute('RELEASE w')
+        except sqlite3.Error:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute('ROLLBACK')
 
     def sync(self) -> None:
         """Return once what was written before this call is settled."""

@@ -193,3 +193,52 @@ def test_sync_waits_for_what_was_written_before(path):
     assert on_disk(path) == {'a'}
     group.close()
     assert os.path.exists(path)
+
+
+def test_a_failing_body_returns_only_once_what_it_read_is_on_disk(path):
+    """What a failing body decided (e.g. "that device is taken") may rest on another
+    writer's statements of the same batch: it is not reported before they are on disk."""
+    group = GroupCommit(connect(path))
+    with group.write(wait=False) as db:  # another writer: in the open batch
+        db.execute("INSERT INTO t VALUES ('a')")
+    with pytest.raises(ValueError, match='taken'):
+        with group.write() as db:
+            if db.execute("SELECT k FROM t WHERE k = 'a'").fetchone():
+                db.execute("INSERT INTO t VALUES ('b')")
+                raise ValueError('a is taken')
+    assert on_disk(path) == {'a'}  # committed before the refusal came back; b undone
+    group.close()
+
+
+def test_a_failing_body_in_a_batch_that_fails_gets_the_batchs_error(path):
+    conn = FailingCommits(connect(path))
+    group = GroupCommit(conn)
+    with pytest.raises(sqlite3.OperationalError, match='disk I/O') as info:
+        with group.write() as db:
+            db.execute("INSERT INTO t VALUES ('a')")
+            raise ValueError('refused on the strength of a')
+    assert isinstance(info.value.__cause__, ValueError)
+    conn.failing = False
+    group.close()
+    assert on_disk(path) == set()
+
+
+def test_a_body_whose_savepoint_cannot_be_undone_fails_the_whole_batch(path):
+    """Never commit half of a failed writer: when ROLLBACK TO fails, everything goes."""
+    class NoRollbackTo(FailingCommits):
+        def execute(self, sql, *args):
+            if sql == 'ROLLBACK TO w':
+                raise sqlite3.OperationalError('cannot roll back to w')
+            return self._db.execute(sql, *args)
+    conn = NoRollbackTo(connect(path))
+    group = GroupCommit(conn)
+    with group.write(wait=False) as db:
+        db.execute("INSERT INTO t VALUES ('a')")
+    with pytest.raises(sqlite3.OperationalError, match='rolled back'):
+        with group.write() as db:
+            db.execute("INSERT INTO t VALUES ('b')")
+            raise ValueError('failed half way')
+    with group.write() as db:  # the next write begins a new batch, and is true
+        db.execute("INSERT INTO t VALUES ('c')")
+    group.close()
+    assert on_disk(path) == {'c'}
