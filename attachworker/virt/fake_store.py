@@ -106,7 +106,7 @@ class Store:
             raise exception.VirtDriverError(
                 reason='cannot open %s: %s' % (self.path, exc)) from exc
         self._reader_lock = threading.Lock()
-        self._group = GroupCommit(self._db)
+        self._group = GroupCommit(self._db, writer_lock=self.path + '.writer')
         with self._store_lock():
             self._import_old_layouts()
 

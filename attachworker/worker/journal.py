@@ -65,7 +65,7 @@ class Journal(JournalQueries, OutboxStore, StepObserver):
         self._db.execute('PRAGMA synchronous=FULL')
         self._db.executescript(SCHEMA)
         upgrade(self._db)
-        self._group = GroupCommit(self._db)
+        self._group = GroupCommit(self._db, writer_lock=self.path + '.writer')
         self._lock = self._group.lock  # the connection, for reads
         # a second connection sees committed rows only (WAL): for what acks a cast
         # or publishes a notification on the strength of a row

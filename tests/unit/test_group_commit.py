@@ -242,3 +242,69 @@ def test_a_body_whose_savepoint_cannot_be_undone_fails_the_whole_batch(path):
         db.execute("INSERT INTO t VALUES ('c')")
     group.close()
     assert on_disk(path) == {'c'}
+
+
+def writer_lock_is_free(lock_path):
+    """Can another process (another open file description) take the writer lock?"""
+    import fcntl
+    with open(lock_path, 'a') as other:
+        try:
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(other, fcntl.LOCK_UN)
+        return True
+
+
+def test_the_writer_lock_is_held_from_a_batchs_begin_to_its_end(path):
+    """Other processes wait for it in the kernel, not in SQLite's busy handler; it is
+    never left held: not after a COMMIT, a failed one, or SQLite's own rollback."""
+    lock_path = path + '.writer'
+    conn = FailingCommits(connect(path))
+    conn.failing = False
+    group = GroupCommit(conn, writer_lock=lock_path)
+    gate = threading.Event()
+    commit = group._commit
+    group._commit = lambda: (gate.wait(10), commit())
+    waiter = threading.Thread(target=hammer, args=(group, 1, 1))
+    waiter.start()
+    time.sleep(0.2)
+    assert not writer_lock_is_free(lock_path)  # the batch is open
+    gate.set()
+    waiter.join(10)
+    assert writer_lock_is_free(lock_path)
+    assert on_disk(path) == {'0-0'}
+    conn.failing = True  # a failed COMMIT releases it too
+    assert set(hammer(group, 1, 1).values()) == {'error'}
+    assert writer_lock_is_free(lock_path)
+    conn.failing = False
+    db = conn._db  # SQLite rolling the transaction back by itself (SQLITE_FULL)
+    db.execute('PRAGMA max_page_count=%d' % db.execute('PRAGMA page_count').fetchone()[0])
+    with pytest.raises(sqlite3.Error):
+        with group.write() as c:
+            c.execute('INSERT INTO big VALUES (zeroblob(200000))')
+    assert writer_lock_is_free(lock_path)
+    db.execute('PRAGMA max_page_count=1000000')
+    group.close()
+
+
+def test_two_processes_sharing_a_database_each_wait_for_the_writer_lock(path, tmp_path):
+    """Every write of each process is on disk, and each process's batches hold the
+    lock (a writer of the other process never finds SQLite's lock taken: no busy
+    error even with a busy timeout of zero)."""
+    import subprocess
+    import sys
+    script = (
+        'import sqlite3, sys\n'
+        'from attachworker.worker.group_commit import GroupCommit\n'
+        'db = sqlite3.connect(sys.argv[1], check_same_thread=False, isolation_level=None,'
+        ' timeout=0)\n'
+        'g = GroupCommit(db, writer_lock=sys.argv[1] + ".writer")\n'
+        'for i in range(300):\n'
+        '    with g.write() as c:\n'
+        '        c.execute("INSERT INTO t VALUES (?)", ("%s-%d" % (sys.argv[2], i),))\n'
+        'g.close()\n')
+    procs = [subprocess.Popen([sys.executable, '-c', script, path, name])
+             for name in ('p1', 'p2')]
+    assert [p.wait(60) for p in procs] == [0, 0]
+    assert len(on_disk(path)) == 600
