@@ -70,7 +70,7 @@ class FakeDriver(driver.VirtDriver):
         super().__init__(conf)
         self._store = fake_store.Store(os.path.join(conf.state_path, 'fake-virt'))
 
-    def _update(self, instance_uuid: str, change, volume_id: Any = '') -> Any:
+    def _update(self, instance_uuid: str, change, volume_id: Any) -> Any:
         """Apply ``change(state)`` to the instance's record; committed before it is
         returned, atomically. ``state`` is ``{'instances': {uuid: record}}``."""
         if not isinstance(volume_id, str):  # a key JSON would turn into another one

@@ -28,7 +28,6 @@ import json
 import os
 import shutil
 import sqlite3
-import threading
 from typing import Any
 from typing import Callable
 from typing import Iterator
@@ -36,7 +35,7 @@ from typing import Iterator
 from oslo_log import log as logging
 
 from attachworker import exception
-from attachworker.worker.group_commit import GroupCommit
+from attachworker.worker.group_commit import DurableDB
 
 LOG = logging.getLogger(__name__)
 
@@ -63,6 +62,12 @@ def _decode(text: Any, what: str) -> dict:
     except (TypeError, ValueError) as exc:
         # Starting empty would silently forget attachments that exist.
         raise exception.VirtDriverError(reason='cannot read %s: %s' % (what, exc)) from exc
+    return _checked(value, what)
+
+
+def _checked(value: Any, what: str) -> dict:
+    """An instance's record, its missing parts filled in; VirtDriverError if it is not
+    one."""
     if not isinstance(value, dict):
         raise exception.VirtDriverError(reason='%s is not a record' % what)
     for key, default in EMPTY.items():
@@ -97,22 +102,13 @@ class Store:
         os.makedirs(directory, mode=0o700, exist_ok=True)
         self.path = os.path.join(directory, 'records.sqlite')
         try:
-            self._db = self._connect()
-            self._db.execute('PRAGMA journal_mode=WAL')
-            self._db.execute('PRAGMA synchronous=FULL')
-            self._db.executescript(SCHEMA)
-            self._reader = self._connect()
+            self._store = DurableDB(self.path, lambda db: db.executescript(SCHEMA))
         except sqlite3.Error as exc:
             raise exception.VirtDriverError(
                 reason='cannot open %s: %s' % (self.path, exc)) from exc
-        self._reader_lock = threading.Lock()
-        self._group = GroupCommit(self._db, writer_lock=self.path + '.writer')
+        self._group = self._store.group
         with self._store_lock():
             self._import_old_layouts()
-
-    def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.path, check_same_thread=False, timeout=30,
-                               isolation_level=None)
 
     @contextlib.contextmanager
     def _store_lock(self) -> Iterator[None]:
@@ -125,14 +121,13 @@ class Store:
         """One instance's committed records."""
         check_instance(instance_uuid)
         try:
-            with self._reader_lock:
-                row = self._reader.execute(SELECT_ONE, (instance_uuid,)).fetchone()
+            rows = self._store.read_committed(SELECT_ONE, (instance_uuid,))
         except sqlite3.Error as exc:
             raise exception.VirtDriverError(
                 reason='cannot read the records of %s: %s' % (instance_uuid, exc)) from exc
-        if row is None:
+        if not rows:
             return copy.deepcopy(EMPTY)
-        return _decode(row[0], 'the records of %s' % instance_uuid)
+        return _decode(rows[0][0], 'the records of %s' % instance_uuid)
 
     def update(self, instance_uuid: str, change: Callable[[dict], Any]) -> Any:
         """Apply ``change(instance record)`` to a copy and persist it if it changed;
@@ -166,17 +161,10 @@ class Store:
                 from exc
         db.execute(REPLACE, (instance_uuid, text, 1 if inst['reservations'] else 0))
 
-    def close(self) -> None:
-        self._group.close()
-        self._db.close()
-        with self._reader_lock:
-            self._reader.close()
-
     def reservations(self) -> dict:
         """{instance uuid: {volume id: [device, reserved_at]}}, committed ones."""
         try:
-            with self._reader_lock:
-                rows = self._reader.execute(SELECT_RESERVED).fetchall()
+            rows = self._store.read_committed(SELECT_RESERVED)
         except sqlite3.Error as exc:
             raise exception.VirtDriverError(
                 reason='cannot read the reservations: %s' % exc) from exc
@@ -210,7 +198,7 @@ class Store:
             if not isinstance(instances, dict):
                 raise exception.VirtDriverError(reason='%s has no instances' % first)
             for instance_uuid, inst in instances.items():
-                records[instance_uuid] = (first, _decode(json.dumps(inst), first))
+                records[instance_uuid] = (first, _checked(inst, first))
         for path in per_instance:  # newer than attachments.json, which they replaced
             records[os.path.basename(path)[:-len('.json')]] = (path, _read_file(path))
         if records:

@@ -24,22 +24,30 @@ held from a batch's BEGIN to its COMMIT, and a busy process starts its next batc
 microseconds of a COMMIT; a process that waits for it sleeps in SQLite's busy handler
 (1, 2, 5 ... 100 ms) and seldom finds the lock free: measured, each of two children
 spent 12 s of a 19 s run waiting there. With ``writer_lock``, a batch first takes an
-flock on that file: waiters sleep in the kernel and are woken at once when it is
-released (kill -9 releases it too).
+flock on that file (attachworker.worker.writer_lock: waiters sleep in the kernel, are
+woken at once when it is released, kill -9 releases it, and none waits more than the
+busy timeout). It is let go only once SQLite's transaction is closed.
 
 Readers of this connection see writes not yet committed: what must only see
 committed rows uses a connection of its own (Journal's reader).
 """
 import contextlib
-import fcntl
 import sqlite3
 import threading
+from typing import Any
+from typing import Callable
 from typing import Iterator
 from typing import Optional
 
 from oslo_log import log as logging
 
+from attachworker.worker.writer_lock import WriterLock
+
 LOG = logging.getLogger(__name__)
+
+
+#: seconds a write waits for another process's batch (SQLite's and the flock's)
+BUSY_TIMEOUT = 30.0
 
 
 class _Batch:
@@ -60,10 +68,11 @@ def _copy(error: BaseException) -> BaseException:
 
 
 class GroupCommit:
-    def __init__(self, db: sqlite3.Connection, writer_lock: Optional[str] = None) -> None:
+    def __init__(self, db: sqlite3.Connection, writer_lock: Optional[str] = None,
+                 busy_timeout: float = BUSY_TIMEOUT) -> None:
         self._db = db
         #: an flock held from each batch's BEGIN to its end (every process of the host)
-        self._writer = open(writer_lock, 'a') if writer_lock else None
+        self._writer = WriterLock(writer_lock, busy_timeout) if writer_lock else None
         #: the connection: statements and the COMMIT run under it
         self.lock = threading.Lock()
         mutex = threading.Lock()
@@ -143,10 +152,24 @@ class GroupCommit:
             while not batch.settled:
                 self._settled.wait()
 
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[sqlite3.Connection]:
+        """The connection and the writer lock, outside any batch (for a schema at
+        open: the body manages its own transactions)."""
+        with self.lock:
+            if self._batch is not None:
+                raise sqlite3.ProgrammingError('a batch is open')
+            if self._writer is not None:
+                self._writer.acquire()
+            try:
+                yield self._db
+            finally:
+                self._release_writer()
+
     def _begin(self) -> None:
         """Open a batch (lock held)."""
         if self._writer is not None:
-            fcntl.flock(self._writer, fcntl.LOCK_EX)
+            self._writer.acquire()  # a no-op when a failed ROLLBACK kept it
         try:
             self._db.execute('BEGIN IMMEDIATE')
         except BaseException:
@@ -155,8 +178,11 @@ class GroupCommit:
         self._batch = _Batch()
 
     def _release_writer(self) -> None:
-        if self._writer is not None and not self._writer.closed:
-            fcntl.flock(self._writer, fcntl.LOCK_UN)
+        """Let the other processes in, unless SQLite's transaction is still open (a
+        failed COMMIT whose ROLLBACK failed too: the next batch rolls it back first;
+        another process would only wait inside the flock for SQLite's lock)."""
+        if self._writer is not None and not self._db.in_transaction:
+            self._writer.release()
 
     def _check_open(self) -> None:
         """SQLite rolled the open batch back by itself: it failed (lock held)."""
@@ -225,3 +251,54 @@ class GroupCommit:
         self._commit()  # should the thread be gone or stuck: nobody waits forever
         if self._writer is not None:
             self._writer.close()
+
+
+def connect(path: str, row_factory: Any = None) -> sqlite3.Connection:
+    db = sqlite3.connect(path, check_same_thread=False, timeout=BUSY_TIMEOUT,
+                         isolation_level=None)
+    db.row_factory = row_factory
+    return db
+
+
+class DurableDB:
+    """A SQLite database every write of which is on disk when it returns: WAL,
+    ``synchronous = FULL``, a group commit shared by the threads (and a writer lock by
+    the processes of the host), and a second connection that sees committed rows only
+    (for what is acted on outside the process: an ack, a notification, a device).
+
+    ``prepare(db)`` creates or upgrades the schema at open, under the writer lock (a
+    peer's batch would otherwise make it wait in SQLite's busy handler).
+    """
+
+    def __init__(self, path: str, prepare: Callable[[sqlite3.Connection], None],
+                 row_factory: Any = None) -> None:
+        self.path = path
+        self.reader_lock = threading.Lock()
+        self.db = connect(path, row_factory)
+        try:
+            self.db.execute('PRAGMA synchronous=FULL')  # per connection
+            self.group = GroupCommit(self.db, writer_lock=path + '.writer')
+        except BaseException:
+            self.db.close()
+            raise
+        try:
+            with self.group.exclusive() as db:
+                db.execute('PRAGMA journal_mode=WAL')  # kept in the file
+                prepare(db)
+            self.reader = connect(path, row_factory)
+        except BaseException:
+            self.close()
+            raise
+
+    def read_committed(self, sql: str, params: Any = ()) -> list:
+        with self.reader_lock:
+            return self.reader.execute(sql, params).fetchall()
+
+    def close(self) -> None:
+        self.group.close()
+        with self.group.lock:
+            self.db.close()
+        reader = getattr(self, 'reader', None)
+        if reader is not None:
+            with self.reader_lock:
+                reader.close()

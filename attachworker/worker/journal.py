@@ -23,7 +23,6 @@ import contextlib
 import os
 import signal
 import sqlite3
-import threading
 import time
 from typing import Any
 from typing import Iterator
@@ -33,7 +32,7 @@ from oslo_log import log as logging
 
 from attachworker import exception
 from attachworker.worker import locks
-from attachworker.worker.group_commit import GroupCommit
+from attachworker.worker.group_commit import DurableDB
 from attachworker.worker.journal_outbox import OutboxStore
 from attachworker.worker.journal_queries import JournalQueries
 from attachworker.worker.journal_schema import SCHEMA
@@ -49,6 +48,11 @@ INSERT_STEP = ('INSERT INTO steps (op_id, seq, step, state, at) VALUES '
                '(?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM steps WHERE op_id=?), ?, ?, ?)')
 
 
+def _prepare(db: sqlite3.Connection) -> None:
+    db.executescript(SCHEMA)
+    upgrade(db)
+
+
 class Journal(JournalQueries, OutboxStore, StepObserver):
     """Thread-safe; one per process. Its owner lock proves the process is alive."""
 
@@ -58,21 +62,10 @@ class Journal(JournalQueries, OutboxStore, StepObserver):
         self.path = os.path.join(state_path, 'journal.sqlite')
         self.owner = owner or locks.process_identity()
         self._owner_lock = locks.OwnerLock(state_path, self.owner)
-        self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30,
-                                   isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute('PRAGMA journal_mode=WAL')
-        self._db.execute('PRAGMA synchronous=FULL')
-        self._db.executescript(SCHEMA)
-        upgrade(self._db)
-        self._group = GroupCommit(self._db, writer_lock=self.path + '.writer')
+        self._store = DurableDB(self.path, _prepare, row_factory=sqlite3.Row)
+        self._db = self._store.db
+        self._group = self._store.group
         self._lock = self._group.lock  # the connection, for reads
-        # a second connection sees committed rows only (WAL): for what acks a cast
-        # or publishes a notification on the strength of a row
-        self._reader = sqlite3.connect(self.path, check_same_thread=False, timeout=30,
-                                       isolation_level=None)
-        self._reader.row_factory = sqlite3.Row
-        self._reader_lock = threading.Lock()
         self._crash_at = os.environ.get(CRASH_ENV)
         #: op id -> [(step, 'done', at)]: ends of steps that no decision of recovery
         #: needs, written in that operation's next write (the next step's start: no
@@ -97,8 +90,7 @@ class Journal(JournalQueries, OutboxStore, StepObserver):
 
     def _read_committed(self, sql: str, *params: Any) -> list:
         try:
-            with self._reader_lock:
-                return [dict(row) for row in self._reader.execute(sql, params).fetchall()]
+            return [dict(row) for row in self._store.read_committed(sql, params)]
         except sqlite3.Error as exc:
             raise exception.JournalError(reason=str(exc)) from exc
 
@@ -279,10 +271,6 @@ class Journal(JournalQueries, OutboxStore, StepObserver):
                     older_than)
 
     def close(self) -> None:
-        self._group.close()
-        with self._lock:
-            self._db.close()
-        with self._reader_lock:
-            self._reader.close()
+        self._store.close()
         self._owner_lock.release()
 

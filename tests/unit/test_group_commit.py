@@ -308,3 +308,78 @@ def test_two_processes_sharing_a_database_each_wait_for_the_writer_lock(path, tm
              for name in ('p1', 'p2')]
     assert [p.wait(60) for p in procs] == [0, 0]
     assert len(on_disk(path)) == 600
+
+
+def test_a_peer_that_keeps_its_batch_open_costs_an_error_not_a_hang(path):
+    """A SIGSTOPped peer holds the writer lock: a write fails after the busy timeout
+    (as SQLite's lock would have made it), nothing of it is on disk, and the writes
+    after the peer is gone succeed."""
+    import fcntl
+    lock_path = path + '.writer'
+    group = GroupCommit(connect(path), writer_lock=lock_path, busy_timeout=0.3)
+    with open(lock_path, 'a') as peer:
+        fcntl.flock(peer, fcntl.LOCK_EX)
+        assert set(hammer(group, 3, 1).values()) == {'error'}
+        fcntl.flock(peer, fcntl.LOCK_UN)
+    assert set(hammer(group, 3, 2).values()) == {'ok'}
+    group.close()
+    assert on_disk(path) == {'%d-%d' % (n, i) for n in range(3) for i in range(2)}
+    assert writer_lock_is_free(lock_path)
+
+
+class FailingRollbacks(FailingCommits):
+    """COMMIT and ROLLBACK both fail: SQLite's transaction (and its lock) stays open."""
+
+    def __init__(self, db):
+        super().__init__(db)
+        self.rollback_fails = True
+
+    def execute(self, sql, *args):
+        if sql == 'ROLLBACK' and self.rollback_fails:
+            raise sqlite3.OperationalError('disk I/O error')
+        return super().execute(sql, *args)
+
+
+def test_the_writer_lock_is_kept_while_a_failed_commit_leaves_the_transaction_open(path):
+    """Letting go would only make the next process wait inside the flock for SQLite's
+    lock; the next batch of this process rolls the transaction back first."""
+    lock_path = path + '.writer'
+    conn = FailingRollbacks(connect(path))
+    group = GroupCommit(conn, writer_lock=lock_path)
+    assert set(hammer(group, 1, 1).values()) == {'error'}
+    assert conn.in_transaction
+    assert not writer_lock_is_free(lock_path)
+    conn.failing = conn.rollback_fails = False
+    assert set(hammer(group, 1, 1).values()) == {'ok'}
+    assert writer_lock_is_free(lock_path)
+    assert on_disk(path) == {'0-0'}  # the failed batch's write was rolled back
+    group.close()
+
+
+def test_a_durable_database_creates_its_schema_under_the_writer_lock(tmp_path):
+    import fcntl
+
+    from attachworker.worker.group_commit import DurableDB
+    path = str(tmp_path / 'd.sqlite')
+    prepared = threading.Event()
+
+    def prepare(db):
+        db.executescript('CREATE TABLE IF NOT EXISTS t (k TEXT PRIMARY KEY);')
+        prepared.set()
+    opened = []
+    with open(path + '.writer', 'a') as peer:
+        fcntl.flock(peer, fcntl.LOCK_EX)  # a peer's batch is open
+        opener = threading.Thread(target=lambda: opened.append(DurableDB(path, prepare)))
+        opener.start()
+        assert not prepared.wait(0.3)
+        fcntl.flock(peer, fcntl.LOCK_UN)
+    opener.join(30)
+    store = opened[0]
+    assert prepared.is_set() and writer_lock_is_free(path + '.writer')
+    assert store.db.execute('PRAGMA journal_mode').fetchone()[0] == 'wal'
+    assert store.db.execute('PRAGMA synchronous').fetchone()[0] == 2  # FULL
+    with store.group.write() as db:
+        db.execute("INSERT INTO t VALUES ('a')")
+    assert store.read_committed('SELECT k FROM t') == [('a',)]
+    store.close()
+    assert on_disk(path) == {'a'}

@@ -129,6 +129,6 @@ def test_an_attach_uses_the_reservation_and_an_unused_one_expires(
 
     def aged(state):
         state['instances'][INSTANCE['uuid']]['reserved_at'][VOL_B] = 0.0
-    driver._update(INSTANCE['uuid'], aged)
+    driver._update(INSTANCE['uuid'], aged, VOL_B)
     assert manager.expire_reservations() == 1
     assert virt.load_driver(conf).reservations() == []

@@ -1,0 +1,141 @@
+"""The writer lock between processes: a waiter is woken when the holder lets go, never
+waits past its timeout, and a request it gave up on never leaves the lock taken or
+makes it believe it holds a lock it does not."""
+import fcntl
+import sqlite3
+import threading
+import time
+
+import pytest
+
+from attachworker.worker.writer_lock import WriterLock
+
+
+@pytest.fixture
+def lock_path(tmp_path):
+    return str(tmp_path / 'db.writer')
+
+
+class Peer:
+    """Another process's hold on the lock (another open file description: flock
+    conflicts between descriptions, also in one process)."""
+
+    def __init__(self, path):
+        self._file = open(path, 'a')
+
+    def take(self):
+        fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def let_go(self):
+        fcntl.flock(self._file, fcntl.LOCK_UN)
+
+    def can_take(self):
+        try:
+            self.take()
+        except BlockingIOError:
+            return False
+        self.let_go()
+        return True
+
+    def close(self):
+        self._file.close()
+
+
+def eventually(predicate, seconds=10):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+def test_a_free_lock_is_taken_at_once_and_released(lock_path):
+    lock, peer = WriterLock(lock_path), Peer(lock_path)
+    lock.acquire()
+    assert lock.held and not peer.can_take()
+    lock.acquire()  # held: a no-op
+    lock.release()
+    assert not lock.held and peer.can_take()
+    assert lock._thread is None  # no thread unless someone had to wait
+    lock.close()
+
+
+def test_a_waiter_is_woken_when_the_holder_lets_go(lock_path):
+    lock, peer = WriterLock(lock_path, timeout=60), Peer(lock_path)
+    peer.take()
+    got = threading.Event()
+    waiter = threading.Thread(target=lambda: (lock.acquire(), got.set()))
+    waiter.start()
+    assert not got.wait(0.3)  # still held by the peer
+    peer.let_go()
+    assert got.wait(10)
+    waiter.join(10)
+    assert lock.held and not peer.can_take()
+    lock.release()
+    assert peer.can_take()
+    lock.close()
+
+
+def test_a_holder_that_never_lets_go_costs_an_error_not_a_hang(lock_path):
+    """A SIGSTOPped peer, a COMMIT stuck in fsync: the wait ends with SQLite's error."""
+    lock, peer = WriterLock(lock_path, timeout=0.3), Peer(lock_path)
+    peer.take()
+    outcome = []
+
+    def take():
+        try:
+            lock.acquire()
+            outcome.append('held')
+        except sqlite3.OperationalError as exc:
+            outcome.append(str(exc))
+    waiter = threading.Thread(target=take)
+    waiter.start()
+    waiter.join(20)
+    assert not waiter.is_alive(), 'acquire never gave up'
+    assert len(outcome) == 1 and 'database is locked' in outcome[0], outcome
+    assert not lock.held
+    # the lock's thread, still waiting in the kernel for the abandoned request, lets
+    # go as soon as it gets the lock: the peer can take it again
+    peer.let_go()
+    assert eventually(peer.can_take)
+    lock.acquire()
+    assert lock.held and not peer.can_take()
+    lock.close()
+    assert peer.can_take()  # closing releases it
+
+
+def test_a_request_given_up_never_passes_for_a_held_lock(lock_path):
+    """The taker and the lock's thread share one description, on which a try of the
+    taker would succeed on the thread's hold. Again and again: time out, let the peer
+    go, take at once, while the thread may be taking and letting go."""
+    lock, peer = WriterLock(lock_path, timeout=0.05), Peer(lock_path)
+    for _ in range(30):
+        peer.take()
+        with pytest.raises(sqlite3.OperationalError):
+            lock.acquire()
+        peer.let_go()
+        try:
+            lock.acquire()
+        except sqlite3.OperationalError:
+            continue  # the thread took and let go meanwhile; nothing is held
+        for _ in range(5):  # held for real, not just on the thread's say-so
+            assert not peer.can_take()
+            time.sleep(0.01)
+        lock.release()
+        assert eventually(peer.can_take)
+    lock.close()
+
+
+def test_a_closed_lock_refuses_and_its_thread_ends(lock_path):
+    lock, peer = WriterLock(lock_path, timeout=0.1), Peer(lock_path)
+    peer.take()
+    with pytest.raises(sqlite3.OperationalError):
+        lock.acquire()
+    lock.close()
+    peer.let_go()
+    lock._thread.join(10)
+    assert not lock._thread.is_alive()
+    assert eventually(peer.can_take)
+    with pytest.raises(sqlite3.ProgrammingError):
+        lock.acquire()
