@@ -35,7 +35,7 @@ LOG = logging.getLogger(__name__)
 def _collaborators(conf: cfg.ConfigOpts, notification_transport: object,
                    journal: Journal) -> tuple:
     outbox = Outbox(journal, Notifier(notification_transport, conf.host))
-    cinder_api = CinderAPI(conf)
+    cinder_api = CinderAPI(conf, threads=conf.executor_thread_pool_size)
     driver = virt.load_driver(conf)
     manager = ComputeManager(conf, cinder_api, driver, outbox,
                              functools.partial(connector.get_connector_properties, conf))

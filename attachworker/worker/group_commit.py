@@ -51,10 +51,13 @@ BUSY_TIMEOUT = 30.0
 
 
 class _Batch:
+    """Its writers wait on its own event: settling one wakes its writers only (one
+    condition for every batch woke the writers of the next one too, at every COMMIT:
+    a herd of dozens of threads, each taking the GIL to go back to sleep)."""
     __slots__ = ('settled', 'error')
 
     def __init__(self) -> None:
-        self.settled = False
+        self.settled = threading.Event()
         self.error: Optional[BaseException] = None
 
 
@@ -75,9 +78,7 @@ class GroupCommit:
         self._writer = WriterLock(writer_lock, busy_timeout) if writer_lock else None
         #: the connection: statements and the COMMIT run under it
         self.lock = threading.Lock()
-        mutex = threading.Lock()
-        self._settled = threading.Condition(mutex)  # writers: a batch is settled
-        self._wake = threading.Condition(mutex)     # the commit thread: there is work
+        self._wake = threading.Condition()  # the commit thread: there is work
         self._batch: Optional[_Batch] = None        # the open batch (lock held)
         self._wanted = False
         self._closed = False
@@ -121,9 +122,7 @@ class GroupCommit:
             return
         # a body that failed waits too: what it decided may rest on other writers'
         # statements of this batch, which it must not report before they are on disk
-        with self._settled:
-            while not batch.settled:
-                self._settled.wait()
+        batch.settled.wait()
         if batch.error is not None:
             raise _copy(batch.error) from failure
         if failure is not None:
@@ -148,9 +147,7 @@ class GroupCommit:
         if batch is None:
             return
         self._want_commit()
-        with self._settled:
-            while not batch.settled:
-                self._settled.wait()
+        batch.settled.wait()
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[sqlite3.Connection]:
@@ -199,10 +196,8 @@ class GroupCommit:
                 self._wake.notify()
 
     def _settle(self, batch: _Batch, error: Optional[BaseException]) -> None:
-        with self._settled:
-            batch.error = error
-            batch.settled = True
-            self._settled.notify_all()
+        batch.error = error
+        batch.settled.set()
 
     def _run(self) -> None:
         while True:

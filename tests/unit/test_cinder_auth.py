@@ -180,3 +180,63 @@ def test_requests_searches_the_environment_only_when_it_configures_something(tmp
     (tmp_path / '.netrc').write_text('machine cinder login a password b\n')
     session = ks_session.Session()
     assert not lean_session(session, home) and session.session.trust_env is True
+
+
+def test_a_connection_per_thread_is_kept_for_cinder_not_ten():
+    """With more threads than requests' 10 pooled connections, every connection past
+    the tenth was closed after its call: under load, a TCP connect per attach. After
+    size_pools, 32 threads calling at once, round after round, reuse 32 connections."""
+    import http.server
+    import threading
+
+    from keystoneauth1 import session as ks_session
+
+    from attachworker.cinder import size_pools
+
+    connections = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = 'HTTP/1.1'
+
+        def setup(self):
+            connections.append(self.client_address)
+            super().setup()
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header('Content-Length', '2')
+            self.end_headers()
+            self.wfile.write(b'{}')
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = 'http://127.0.0.1:%d/' % server.server_address[1]
+
+    def connects(session, threads=32, rounds=4):
+        del connections[:]
+        barrier = threading.Barrier(threads)
+
+        def run():
+            for _ in range(rounds):
+                barrier.wait(30)  # every thread holds a connection at once
+                session.get(url, authenticated=False, raise_exc=True)
+        workers = [threading.Thread(target=run) for _ in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(60)
+        return len(connections)
+    try:
+        assert connects(ks_session.Session()) > 40  # what it was: closed past ten
+        session = ks_session.Session()
+        size_pools(session, 32)
+        adapter = session.session.adapters['http://']
+        assert isinstance(adapter, ks_session.TCPKeepAliveAdapter)  # keepalive kept
+        assert connects(session) <= 32
+        size_pools(session, 4)  # never smaller than requests' own default
+        assert session.session.adapters['http://']._pool_maxsize == 32
+    finally:
+        server.shutdown()
