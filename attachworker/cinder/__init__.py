@@ -74,14 +74,22 @@ def size_pools(session: Any, threads: int) -> None:
     blocking): with more threads than that, every connection beyond the tenth is
     closed when its call ends, so under load nearly every attach opened a new TCP
     connection to Cinder (measured: one connect per attach with 64 threads). The
-    adapter stays keystoneauth1's (TCP keepalive), with a pool as large as the
-    thread pool.
+    adapter stays keystoneauth1's (TCP keepalive) with everything it was given (the
+    ``[cinder]`` tls_ciphers and tls_min_version, retries), with a pool as large as
+    the thread pool.
     """
     size = max(threads, requests.adapters.DEFAULT_POOLSIZE)
+    replaced: dict = {}  # one adapter serves http:// and https://
     for scheme, old in list(session.session.adapters.items()):
-        if isinstance(old, ks_session.TCPKeepAliveAdapter) and old._pool_maxsize < size:
-            session.session.mount(scheme, ks_session.TCPKeepAliveAdapter(
-                pool_maxsize=size))
+        if not isinstance(old, ks_session.TCPKeepAliveAdapter) or \
+                old._pool_maxsize >= size:
+            continue
+        if id(old) not in replaced:
+            replaced[id(old)] = ks_session.TCPKeepAliveAdapter(
+                pool_connections=old._pool_connections, pool_maxsize=size,
+                max_retries=old.max_retries, pool_block=old._pool_block,
+                tls_ciphers=old.tls_ciphers, tls_min_version=old.tls_min_version)
+        session.session.mount(scheme, replaced[id(old)])
 
 
 class ServiceTokenAuth(service_token.ServiceTokenAuthWrapper):

@@ -103,7 +103,7 @@ class Store:
         self.path = os.path.join(directory, 'records.sqlite')
         try:
             self._store = DurableDB(self.path, lambda db: db.executescript(SCHEMA))
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:  # OSError: its writer lock file
             raise exception.VirtDriverError(
                 reason='cannot open %s: %s' % (self.path, exc)) from exc
         self._group = self._store.group

@@ -149,20 +149,6 @@ class GroupCommit:
         self._want_commit()
         batch.settled.wait()
 
-    @contextlib.contextmanager
-    def exclusive(self) -> Iterator[sqlite3.Connection]:
-        """The connection and the writer lock, outside any batch (for a schema at
-        open: the body manages its own transactions)."""
-        with self.lock:
-            if self._batch is not None:
-                raise sqlite3.ProgrammingError('a batch is open')
-            if self._writer is not None:
-                self._writer.acquire()
-            try:
-                yield self._db
-            finally:
-                self._release_writer()
-
     def _begin(self) -> None:
         """Open a batch (lock held)."""
         if self._writer is not None:
@@ -244,8 +230,12 @@ class GroupCommit:
             self._wake.notify()
         self._thread.join(30)
         self._commit()  # should the thread be gone or stuck: nobody waits forever
-        if self._writer is not None:
-            self._writer.close()
+        with self.lock:
+            if self._db.in_transaction:  # a failed COMMIT whose ROLLBACK failed too
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute('ROLLBACK')
+            if self._writer is not None:
+                self._writer.close()
 
 
 def connect(path: str, row_factory: Any = None) -> sqlite3.Connection:
@@ -261,8 +251,10 @@ class DurableDB:
     the processes of the host), and a second connection that sees committed rows only
     (for what is acted on outside the process: an ack, a notification, a device).
 
-    ``prepare(db)`` creates or upgrades the schema at open, under the writer lock (a
-    peer's batch would otherwise make it wait in SQLite's busy handler).
+    ``prepare(db)`` creates or upgrades the schema at open. Not under the writer
+    lock: on a database that has its schema it writes nothing, so a peer stuck in a
+    batch (SIGSTOPped, its disk hung) does not keep a process from opening it (to
+    read, to recover); the first open waits in SQLite's busy handler if it must.
     """
 
     def __init__(self, path: str, prepare: Callable[[sqlite3.Connection], None],
@@ -277,9 +269,8 @@ class DurableDB:
             self.db.close()
             raise
         try:
-            with self.group.exclusive() as db:
-                db.execute('PRAGMA journal_mode=WAL')  # kept in the file
-                prepare(db)
+            self.db.execute('PRAGMA journal_mode=WAL')  # kept in the file
+            prepare(self.db)
             self.reader = connect(path, row_factory)
         except BaseException:
             self.close()

@@ -62,7 +62,11 @@ class Journal(JournalQueries, OutboxStore, StepObserver):
         self.path = os.path.join(state_path, 'journal.sqlite')
         self.owner = owner or locks.process_identity()
         self._owner_lock = locks.OwnerLock(state_path, self.owner)
-        self._store = DurableDB(self.path, _prepare, row_factory=sqlite3.Row)
+        try:
+            self._store = DurableDB(self.path, _prepare, row_factory=sqlite3.Row)
+        except BaseException:
+            self._owner_lock.release()  # this process is not the journal's owner
+            raise
         self._db = self._store.db
         self._group = self._store.group
         self._lock = self._group.lock  # the connection, for reads

@@ -13,12 +13,15 @@ waits for that thread at most ``timeout`` seconds, then gets
 ``sqlite3.OperationalError``, as SQLite's busy timeout would have given it. Should the
 thread get the lock after its taker gave up, it lets go at once.
 
-One open file description is shared by the taker and the thread (flock belongs to the
-description): while the thread has a request in hand, the taker never tries the lock
-itself, since on that description its try would succeed on the thread's lock.
+The taker and the thread lock one open file description (flock belongs to the
+description; the thread has its own descriptor of it, which only it closes, so a
+descriptor number closed and reused meanwhile is never locked by mistake). While the
+thread has a request in hand, the taker never tries the lock itself: on that
+description its try would succeed on the thread's lock.
 """
 import contextlib
 import fcntl
+import os
 import sqlite3
 import threading
 import time
@@ -64,24 +67,30 @@ class WriterLock:
                 else:
                     self.held = True
                     return
-            request = self._request = _Request()
             self._start_thread()
+            request = self._request = _Request()
             self._cond.notify_all()
-            deadline = time.monotonic() + self.timeout
-            while not request.granted:
-                if request.error is not None:
-                    raise sqlite3.OperationalError(
-                        'cannot lock %s: %s' % (self.path, request.error))
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._closed:
-                    request.abandoned = True
-                    if self._request is request:
-                        self._request = None
-                    raise sqlite3.OperationalError(
-                        'database is locked: another process has held %s for more than '
-                        '%g s' % (self.path, self.timeout))
-                self._cond.wait(remaining)
+            try:
+                self._wait(request)
+            except BaseException:  # the timeout, or a signal handler's exception
+                request.abandoned = True
+                if self._request is request:
+                    self._request = None
+                raise
             self.held = True
+
+    def _wait(self, request: _Request) -> None:
+        deadline = time.monotonic() + self.timeout
+        while not request.granted:
+            if request.error is not None:
+                raise sqlite3.OperationalError(
+                    'cannot lock %s: %s' % (self.path, request.error))
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._closed:
+                raise sqlite3.OperationalError(
+                    'database is locked: another process has held %s for more than '
+                    '%g s' % (self.path, self.timeout))
+            self._cond.wait(remaining)
 
     def release(self) -> None:
         if self.held:
@@ -89,39 +98,54 @@ class WriterLock:
             fcntl.flock(self._file, fcntl.LOCK_UN)
 
     def _start_thread(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, daemon=True,
-                                            name='writer-lock')
-            self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while self._request is None and not self._closed:
-                    self._cond.wait()
-                if self._closed:
-                    return
-                request, self._request = self._request, None
-                self._busy = True
-            error: Optional[BaseException] = None
+        if self._thread is None or not self._thread.is_alive():
+            fd = os.dup(self._file.fileno())
+            thread = threading.Thread(target=self._run, args=(fd,), daemon=True,
+                                      name='writer-lock')
             try:
-                fcntl.flock(self._file, fcntl.LOCK_EX)  # the wait, in the kernel
-            except (OSError, ValueError) as exc:  # ValueError: closed under it
-                error = exc
-            with self._cond:
-                self._busy = False
-                if error is not None:
-                    request.error = error
-                elif request.abandoned or self._closed:
-                    with contextlib.suppress(OSError, ValueError):  # its taker gave up
-                        fcntl.flock(self._file, fcntl.LOCK_UN)
-                else:
-                    request.granted = True
-                self._cond.notify_all()
+                thread.start()
+            except BaseException:
+                os.close(fd)
+                raise
+            self._thread = thread
+
+    def _run(self, fd: int) -> None:
+        try:
+            while True:
+                with self._cond:
+                    while self._request is None and not self._closed:
+                        self._cond.wait()
+                    if self._closed:
+                        return
+                    request, self._request = self._request, None
+                    self._busy = True
+                self._serve(fd, request)
+        finally:
+            os.close(fd)
+
+    def _serve(self, fd: int, request: _Request) -> None:
+        error: Optional[BaseException] = None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # the wait, in the kernel
+        except BaseException as exc:  # noqa: BLE001 - told to the taker, never lost
+            error = exc
+        with self._cond:
+            self._busy = False
+            if error is not None:
+                request.error = error
+            elif request.abandoned or self._closed:
+                with contextlib.suppress(OSError):  # its taker gave up
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+            else:
+                request.granted = True
+            self._cond.notify_all()
 
     def close(self) -> None:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+        if self.held:  # the thread's descriptor keeps the description open
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._file, fcntl.LOCK_UN)
         self.held = False
-        self._file.close()  # releases the lock
+        self._file.close()

@@ -240,3 +240,23 @@ def test_a_connection_per_thread_is_kept_for_cinder_not_ten():
         assert session.session.adapters['http://']._pool_maxsize == 32
     finally:
         server.shutdown()
+
+
+def test_the_pooled_adapter_keeps_the_tls_settings_of_cinder():
+    """[cinder] tls_min_version and tls_ciphers live on keystoneauth1's adapter: a
+    bigger pool must not drop them (to the system's defaults)."""
+    import ssl
+
+    from keystoneauth1 import session as ks_session
+
+    from attachworker.cinder import size_pools
+    session = ks_session.Session(tls_min_version='1.3', tls_ciphers='ECDHE+AESGCM')
+    old = session.session.adapters['https://']
+    size_pools(session, 64)
+    adapter = session.session.adapters['https://']
+    assert adapter is not old and adapter is session.session.adapters['http://']
+    assert adapter._pool_maxsize == 64
+    assert (adapter.tls_min_version, adapter.tls_ciphers) == ('1.3', 'ECDHE+AESGCM')
+    context = adapter.poolmanager.connection_pool_kw['ssl_context']
+    assert context.minimum_version == ssl.TLSVersion.TLSv1_3
+    assert adapter.max_retries.total == old.max_retries.total

@@ -356,30 +356,48 @@ def test_the_writer_lock_is_kept_while_a_failed_commit_leaves_the_transaction_op
     group.close()
 
 
-def test_a_durable_database_creates_its_schema_under_the_writer_lock(tmp_path):
+def test_a_durable_database_opens_while_a_peer_holds_the_writer_lock(tmp_path):
+    """A peer stuck in its batch (SIGSTOPped, its disk hung) must not keep a process
+    from opening the database, to read it or to recover: a schema that is there
+    needs no write."""
     import fcntl
 
     from attachworker.worker.group_commit import DurableDB
-    path = str(tmp_path / 'd.sqlite')
-    prepared = threading.Event()
 
     def prepare(db):
         db.executescript('CREATE TABLE IF NOT EXISTS t (k TEXT PRIMARY KEY);')
-        prepared.set()
+    path = str(tmp_path / 'd.sqlite')
+    first = DurableDB(path, prepare)
+    with first.group.write() as db:
+        db.execute("INSERT INTO t VALUES ('a')")
+    first.close()
     opened = []
     with open(path + '.writer', 'a') as peer:
-        fcntl.flock(peer, fcntl.LOCK_EX)  # a peer's batch is open
+        fcntl.flock(peer, fcntl.LOCK_EX)
         opener = threading.Thread(target=lambda: opened.append(DurableDB(path, prepare)))
         opener.start()
-        assert not prepared.wait(0.3)
+        opener.join(10)
+        assert opened, 'opening waited for the peer'
+        store = opened[0]
+        assert store.read_committed('SELECT k FROM t') == [('a',)]
+        assert store.db.execute('PRAGMA journal_mode').fetchone()[0] == 'wal'
+        assert store.db.execute('PRAGMA synchronous').fetchone()[0] == 2  # FULL
         fcntl.flock(peer, fcntl.LOCK_UN)
-    opener.join(30)
-    store = opened[0]
-    assert prepared.is_set() and writer_lock_is_free(path + '.writer')
-    assert store.db.execute('PRAGMA journal_mode').fetchone()[0] == 'wal'
-    assert store.db.execute('PRAGMA synchronous').fetchone()[0] == 2  # FULL
     with store.group.write() as db:
-        db.execute("INSERT INTO t VALUES ('a')")
-    assert store.read_committed('SELECT k FROM t') == [('a',)]
+        db.execute("INSERT INTO t VALUES ('b')")
     store.close()
-    assert on_disk(path) == {'a'}
+    assert on_disk(path) == {'a', 'b'}
+    assert writer_lock_is_free(path + '.writer')
+
+
+def test_closing_rolls_back_what_a_failed_commit_left_open_before_letting_go(path):
+    lock_path = path + '.writer'
+    conn = FailingRollbacks(connect(path))
+    group = GroupCommit(conn, writer_lock=lock_path)
+    assert set(hammer(group, 1, 1).values()) == {'error'}
+    assert conn.in_transaction and not writer_lock_is_free(lock_path)
+    conn.rollback_fails = False
+    group.close()
+    assert not conn.in_transaction
+    assert writer_lock_is_free(lock_path)
+    assert on_disk(path) == set()

@@ -371,3 +371,16 @@ def test_known_cast_sees_committed_casts_only(tmp_path):
     writer.join(10)
     assert journal.known_cast('uid-pending')
     journal.close()
+
+
+def test_a_journal_that_cannot_be_opened_does_not_keep_its_owner_alive(tmp_path):
+    """Else recovery of another process would take this one's operations for a live
+    process's, and never recover them."""
+    from attachworker.worker import locks
+    state = tmp_path / 'state'
+    state.mkdir()
+    (state / 'journal.sqlite.writer').mkdir()  # its lock file cannot be opened
+    owner = locks.process_identity()
+    with pytest.raises(OSError):
+        Journal(str(state), owner=owner)
+    assert not locks.owner_alive(str(state), owner)

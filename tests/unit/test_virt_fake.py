@@ -449,3 +449,12 @@ def test_two_processes_on_one_instance_never_collide_and_kill_9_loses_nothing(co
     assert set(theirs) <= set(theirs_found)  # every device it was told is on disk
     assert len(theirs_found) < 1000  # it really was killed in the middle
     assert len(set(found.values())) == len(found)
+
+
+def test_a_records_database_that_cannot_be_opened_is_a_driver_error(tmp_path):
+    from attachworker.virt import fake_store
+    directory = tmp_path / 'fake-virt'
+    directory.mkdir()
+    (directory / 'records.sqlite.writer').mkdir()  # its lock file cannot be opened
+    with pytest.raises(exception.VirtDriverError, match='cannot open'):
+        fake_store.Store(str(directory))

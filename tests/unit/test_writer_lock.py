@@ -139,3 +139,90 @@ def test_a_closed_lock_refuses_and_its_thread_ends(lock_path):
     assert eventually(peer.can_take)
     with pytest.raises(sqlite3.ProgrammingError):
         lock.acquire()
+
+
+def open_fds():
+    import os
+    return len(os.listdir('/proc/self/fd'))
+
+
+def test_an_exception_while_waiting_gives_the_request_up(lock_path, monkeypatch):
+    """A signal handler's exception (KeyboardInterrupt) in the taker's wait: the
+    thread must not take the lock for nobody and keep it."""
+    lock, peer = WriterLock(lock_path, timeout=30), Peer(lock_path)
+    peer.take()
+    wait, taker = lock._cond.wait, threading.current_thread()
+
+    def interrupted(timeout=None):
+        if threading.current_thread() is not taker:  # the lock's thread waits as ever
+            return wait(timeout)
+        wait(0.05)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(lock._cond, 'wait', interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        lock.acquire()
+    monkeypatch.setattr(lock._cond, 'wait', wait)
+    assert not lock.held
+    peer.let_go()
+    assert eventually(lambda: not lock._busy)  # the thread got the lock, and then:
+    assert peer.can_take()  # it let go, the request being abandoned
+    lock.acquire()
+    assert lock.held and not peer.can_take()
+    lock.close()
+    assert peer.can_take()
+
+
+def test_a_thread_that_cannot_start_leaves_the_lock_usable(lock_path, monkeypatch):
+    lock, peer = WriterLock(lock_path, timeout=30), Peer(lock_path)
+    peer.take()
+    before = open_fds()
+
+    def refuse(self):
+        raise RuntimeError("can't start new thread")
+    monkeypatch.setattr(threading.Thread, 'start', refuse)
+    with pytest.raises(RuntimeError):
+        lock.acquire()
+    monkeypatch.undo()
+    assert open_fds() == before  # the thread's descriptor is not left open
+    peer.let_go()
+    lock.acquire()  # neither a request nor a busy flag was left behind
+    assert lock.held and not peer.can_take()
+    lock.close()
+    assert peer.can_take()
+
+
+def test_closing_a_held_lock_lets_go_at_once_though_its_thread_lives(lock_path):
+    """The thread has its own descriptor of the description: closing the file alone
+    would not release the lock."""
+    lock, peer = WriterLock(lock_path, timeout=0.05), Peer(lock_path)
+    peer.take()
+    with pytest.raises(sqlite3.OperationalError):
+        lock.acquire()  # starts the thread
+    peer.let_go()
+    assert eventually(peer.can_take)
+    lock.acquire()
+    lock.close()
+    assert peer.can_take()
+    lock._thread.join(10)
+    assert not lock._thread.is_alive()
+
+
+def test_a_dead_thread_is_replaced(lock_path):
+    lock, peer = WriterLock(lock_path, timeout=0.05), Peer(lock_path)
+    peer.take()
+    with pytest.raises(sqlite3.OperationalError):
+        lock.acquire()
+    peer.let_go()
+    assert eventually(lambda: not lock._busy)
+    dead = lock._thread
+    with lock._cond:  # as if it had died of an unexpected error
+        lock._closed = True
+        lock._cond.notify_all()
+    dead.join(10)
+    assert not dead.is_alive()
+    lock._closed, lock.timeout = False, 30
+    peer.take()
+    threading.Timer(0.2, peer.let_go).start()
+    lock.acquire()  # served by a new thread, not left to time out
+    assert lock.held and lock._thread is not dead
+    lock.close()
