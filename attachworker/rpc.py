@@ -62,12 +62,13 @@ that time it waits: on Cinder (four requests per attach) and on the
 journal's shared fsync. Throughput is at most threads / seconds per attach:
 with Cinder answering every request in 50 ms an attach holds its thread
 about 0.37 s (measured: 8 threads, 21 attaches/s), so 64 threads allow
-about 170 attaches/s per process, more than one process's CPU reaches on a
-2-core machine (50-110/s with an instant Cinder stand-in, tools/bench-attach),
-so the pool does not bound it. Fewer threads do: 16 threads at 50 ms gave
-about 38/s. More cost memory and lock contention and only help when Cinder
-is slower: keep threads >= attaches/s wanted x seconds per attach. The
-Cinder connection pool keeps one connection per thread.""",
+about 170 attaches/s per process, more than one process's CPU reaches on
+a 2-core machine (50-110/s with an instant Cinder stand-in, measured by
+tools/bench-attach), so the pool does not bound it. Fewer threads do: 8
+threads at 50 ms gave 21 attaches/s. More cost memory and lock contention
+and only help when Cinder is slower: keep threads >= attaches/s wanted x
+seconds per attach. The Cinder connection pool keeps one connection per
+thread.""",
     'rabbit_qos_prefetch_count': """
 attachworker: 64 (oslo.messaging: 0, no limit). Casts are acknowledged once
 journalled, so this bounds the casts a worker holds unacknowledged: as many

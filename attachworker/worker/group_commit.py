@@ -24,12 +24,13 @@ held from a batch's BEGIN to its COMMIT, and a busy process starts its next batc
 microseconds of a COMMIT; a process that waits for it sleeps in SQLite's busy handler
 (1, 2, 5 ... 100 ms) and seldom finds the lock free: measured, each of two children
 spent 12 s of a 19 s run waiting there. With ``writer_lock``, a batch first takes an
-flock on that file (attachworker.worker.writer_lock: waiters sleep in the kernel, are
-woken at once when it is released, kill -9 releases it, and none waits more than the
-busy timeout). It is let go only once SQLite's transaction is closed.
+flock on that file (attachworker.worker.writer_lock: waiters sleep in the kernel and
+are woken at once when it is released, kill -9 releases it, and each try waits at most
+the busy timeout; the writers of a process queued behind a try wait in turn). It is let
+go only once SQLite's transaction is closed.
 
 Readers of this connection see writes not yet committed: what must only see
-committed rows uses a connection of its own (Journal's reader).
+committed rows uses a connection of its own (DurableDB.reader, read_committed).
 """
 import contextlib
 import sqlite3
@@ -41,13 +42,10 @@ from typing import Optional
 
 from oslo_log import log as logging
 
+from attachworker.worker.writer_lock import BUSY_TIMEOUT
 from attachworker.worker.writer_lock import WriterLock
 
 LOG = logging.getLogger(__name__)
-
-
-#: seconds a write waits for another process's batch (SQLite's and the flock's)
-BUSY_TIMEOUT = 30.0
 
 
 class _Batch:
@@ -82,7 +80,7 @@ class GroupCommit:
         self._batch: Optional[_Batch] = None        # the open batch (lock held)
         self._wanted = False
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name='journal-commit',
+        self._thread = threading.Thread(target=self._run, name='group-commit',
                                         daemon=True)
         self._thread.start()
 
@@ -97,7 +95,7 @@ class GroupCommit:
         """
         with self.lock:
             if self._closed:
-                raise sqlite3.ProgrammingError('the journal is closed')
+                raise sqlite3.ProgrammingError('the database is closed')
             self._check_open()
             if self._batch is None:
                 if self._db.in_transaction:  # a failed COMMIT whose ROLLBACK failed too
@@ -172,7 +170,7 @@ class GroupCommit:
         if self._batch is not None and not self._db.in_transaction:
             self._release_writer()
             self._settle(self._batch, sqlite3.OperationalError(
-                'the journal transaction was rolled back by SQLite'))
+                'the transaction was rolled back by SQLite'))
             self._batch = None
 
     def _want_commit(self) -> None:
@@ -214,7 +212,7 @@ class GroupCommit:
                     if self._db.in_transaction:
                         self._db.execute('ROLLBACK')
                 if self._db.in_transaction:
-                    LOG.error('The journal cannot roll a failed COMMIT back (%s); its '
+                    LOG.error('A group commit cannot roll a failed COMMIT back (%s); its '
                               'writes may yet be committed by a later batch', exc)
                 if not isinstance(exc, Exception):
                     raise

@@ -14,8 +14,9 @@ waits for that thread at most ``timeout`` seconds, then gets
 thread get the lock after its taker gave up, it lets go at once.
 
 The taker and the thread lock one open file description (flock belongs to the
-description; the thread has its own descriptor of it, which only it closes, so a
-descriptor number closed and reused meanwhile is never locked by mistake). While the
+description; the thread has its own descriptor of it, which only it closes (or the
+taker, when the thread cannot start), so a descriptor number closed and reused
+meanwhile is never locked by mistake). While the
 thread has a request in hand, the taker never tries the lock itself: on that
 description its try would succeed on the thread's lock.
 """
@@ -26,6 +27,10 @@ import sqlite3
 import threading
 import time
 from typing import Optional
+
+#: seconds a write waits for another process's batch: the flock's wait here, and
+#: SQLite's busy timeout on every connection (attachworker.worker.group_commit)
+BUSY_TIMEOUT = 30.0
 
 
 class _Request:
@@ -41,7 +46,7 @@ class WriterLock:
     """Not re-entrant across threads: callers serialise acquire/release (GroupCommit
     does, under its connection lock); ``held`` says whether this process has it."""
 
-    def __init__(self, path: str, timeout: float = 30.0) -> None:
+    def __init__(self, path: str, timeout: float = BUSY_TIMEOUT) -> None:
         self.path = path
         self.timeout = timeout
         self.held = False

@@ -185,7 +185,8 @@ def test_requests_searches_the_environment_only_when_it_configures_something(tmp
 def test_a_connection_per_thread_is_kept_for_cinder_not_ten():
     """With more threads than requests' 10 pooled connections, every connection past
     the tenth was closed after its call: under load, a TCP connect per attach. After
-    size_pools, 32 threads calling at once, round after round, reuse 32 connections."""
+    size_pools, 32 threads calling at once, round after round, reuse 32 connections
+    (more than 40 without it, on a quiet machine)."""
     import http.server
     import threading
 
@@ -230,7 +231,8 @@ def test_a_connection_per_thread_is_kept_for_cinder_not_ten():
             w.join(60)
         return len(connections)
     try:
-        assert connects(ks_session.Session()) > 40  # what it was: closed past ten
+        # what it was: requests keeps ten, and closes the others after each call
+        assert ks_session.Session().session.adapters['http://']._pool_maxsize == 10
         session = ks_session.Session()
         size_pools(session, 32)
         adapter = session.session.adapters['http://']

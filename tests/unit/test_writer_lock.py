@@ -41,6 +41,13 @@ class Peer:
         self._file.close()
 
 
+def served(lock):
+    """The lock's thread has no request in hand, nor one waiting (what it had to
+    let go of, it has)."""
+    with lock._cond:
+        return not lock._busy and lock._request is None
+
+
 def eventually(predicate, seconds=10):
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -98,7 +105,9 @@ def test_a_holder_that_never_lets_go_costs_an_error_not_a_hang(lock_path):
     # the lock's thread, still waiting in the kernel for the abandoned request, lets
     # go as soon as it gets the lock: the peer can take it again
     peer.let_go()
-    assert eventually(peer.can_take)
+    assert eventually(lambda: served(lock))
+    assert peer.can_take()
+    lock.timeout = 30
     lock.acquire()
     assert lock.held and not peer.can_take()
     lock.close()
@@ -109,16 +118,15 @@ def test_a_request_given_up_never_passes_for_a_held_lock(lock_path):
     """The taker and the lock's thread share one description, on which a try of the
     taker would succeed on the thread's hold. Again and again: time out, let the peer
     go, take at once, while the thread may be taking and letting go."""
-    lock, peer = WriterLock(lock_path, timeout=0.05), Peer(lock_path)
+    lock, peer = WriterLock(lock_path), Peer(lock_path)
     for _ in range(30):
         peer.take()
+        lock.timeout = 0.05
         with pytest.raises(sqlite3.OperationalError):
             lock.acquire()
         peer.let_go()
-        try:
-            lock.acquire()
-        except sqlite3.OperationalError:
-            continue  # the thread took and let go meanwhile; nothing is held
+        lock.timeout = 30
+        lock.acquire()  # through the thread while it is busy, else at once
         for _ in range(5):  # held for real, not just on the thread's say-so
             assert not peer.can_take()
             time.sleep(0.01)
@@ -141,11 +149,6 @@ def test_a_closed_lock_refuses_and_its_thread_ends(lock_path):
         lock.acquire()
 
 
-def open_fds():
-    import os
-    return len(os.listdir('/proc/self/fd'))
-
-
 def test_an_exception_while_waiting_gives_the_request_up(lock_path, monkeypatch):
     """A signal handler's exception (KeyboardInterrupt) in the taker's wait: the
     thread must not take the lock for nobody and keep it."""
@@ -164,7 +167,7 @@ def test_an_exception_while_waiting_gives_the_request_up(lock_path, monkeypatch)
     monkeypatch.setattr(lock._cond, 'wait', wait)
     assert not lock.held
     peer.let_go()
-    assert eventually(lambda: not lock._busy)  # the thread got the lock, and then:
+    assert eventually(lambda: served(lock))  # the thread got the lock, and then:
     assert peer.can_take()  # it let go, the request being abandoned
     lock.acquire()
     assert lock.held and not peer.can_take()
@@ -173,17 +176,21 @@ def test_an_exception_while_waiting_gives_the_request_up(lock_path, monkeypatch)
 
 
 def test_a_thread_that_cannot_start_leaves_the_lock_usable(lock_path, monkeypatch):
+    import os
     lock, peer = WriterLock(lock_path, timeout=30), Peer(lock_path)
     peer.take()
-    before = open_fds()
+    dup, dups = os.dup, []
 
     def refuse(self):
         raise RuntimeError("can't start new thread")
     monkeypatch.setattr(threading.Thread, 'start', refuse)
+    monkeypatch.setattr(os, 'dup', lambda fd: dups.append(dup(fd)) or dups[-1])
     with pytest.raises(RuntimeError):
         lock.acquire()
     monkeypatch.undo()
-    assert open_fds() == before  # the thread's descriptor is not left open
+    assert len(dups) == 1
+    with pytest.raises(OSError):  # the thread's descriptor is not left open
+        os.fstat(dups[0])
     peer.let_go()
     lock.acquire()  # neither a request nor a busy flag was left behind
     assert lock.held and not peer.can_take()
@@ -199,7 +206,8 @@ def test_closing_a_held_lock_lets_go_at_once_though_its_thread_lives(lock_path):
     with pytest.raises(sqlite3.OperationalError):
         lock.acquire()  # starts the thread
     peer.let_go()
-    assert eventually(peer.can_take)
+    assert eventually(lambda: served(lock))
+    lock.timeout = 30
     lock.acquire()
     lock.close()
     assert peer.can_take()
@@ -213,7 +221,7 @@ def test_a_dead_thread_is_replaced(lock_path):
     with pytest.raises(sqlite3.OperationalError):
         lock.acquire()
     peer.let_go()
-    assert eventually(lambda: not lock._busy)
+    assert eventually(lambda: served(lock))
     dead = lock._thread
     with lock._cond:  # as if it had died of an unexpected error
         lock._closed = True
@@ -222,7 +230,11 @@ def test_a_dead_thread_is_replaced(lock_path):
     assert not dead.is_alive()
     lock._closed, lock.timeout = False, 30
     peer.take()
-    threading.Timer(0.2, peer.let_go).start()
+
+    def let_go_once_a_new_thread_waits():
+        eventually(lambda: lock._thread is not dead and not served(lock))
+        peer.let_go()
+    threading.Thread(target=let_go_once_a_new_thread_waits).start()
     lock.acquire()  # served by a new thread, not left to time out
     assert lock.held and lock._thread is not dead
     lock.close()
