@@ -28,6 +28,16 @@ from attachworker.virt import fake_store
 BIN = pathlib.Path(sys.executable).parent
 
 
+def wait_for(predicate, timeout: float = 5.0, interval: float = 0.02) -> bool:
+    """Poll until ``predicate()`` is true; False if it is still not after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
 def fake_virt_record(state, instance_uuid: str) -> dict:
     """The fake virt driver's committed record of one instance under a worker's
     ``state_path``, read as another process would ({} when it has none)."""

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from attachworker.worker.writer_lock import WriterLock
+from tests.harness import wait_for
 
 
 @pytest.fixture
@@ -48,13 +49,14 @@ def served(lock):
         return not lock._busy and lock._request is None
 
 
-def eventually(predicate, seconds=10):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
+def gave_up_once(lock_path, timeout):
+    """A lock that gave up waiting for a peer that still holds it: its thread has
+    started, and still waits in the kernel for the abandoned request."""
+    lock, peer = WriterLock(lock_path, timeout=timeout), Peer(lock_path)
+    peer.take()
+    with pytest.raises(sqlite3.OperationalError):
+        lock.acquire()
+    return lock, peer
 
 
 def test_a_free_lock_is_taken_at_once_and_released(lock_path):
@@ -105,7 +107,7 @@ def test_a_holder_that_never_lets_go_costs_an_error_not_a_hang(lock_path):
     # the lock's thread, still waiting in the kernel for the abandoned request, lets
     # go as soon as it gets the lock: the peer can take it again
     peer.let_go()
-    assert eventually(lambda: served(lock))
+    assert wait_for(lambda: served(lock), 10)
     assert peer.can_take()
     lock.timeout = 30
     lock.acquire()
@@ -131,20 +133,17 @@ def test_a_request_given_up_never_passes_for_a_held_lock(lock_path):
             assert not peer.can_take()
             time.sleep(0.01)
         lock.release()
-        assert eventually(peer.can_take)
+        assert wait_for(peer.can_take, 10)
     lock.close()
 
 
 def test_a_closed_lock_refuses_and_its_thread_ends(lock_path):
-    lock, peer = WriterLock(lock_path, timeout=0.1), Peer(lock_path)
-    peer.take()
-    with pytest.raises(sqlite3.OperationalError):
-        lock.acquire()
+    lock, peer = gave_up_once(lock_path, 0.1)
     lock.close()
     peer.let_go()
     lock._thread.join(10)
     assert not lock._thread.is_alive()
-    assert eventually(peer.can_take)
+    assert wait_for(peer.can_take, 10)
     with pytest.raises(sqlite3.ProgrammingError):
         lock.acquire()
 
@@ -167,7 +166,7 @@ def test_an_exception_while_waiting_gives_the_request_up(lock_path, monkeypatch)
     monkeypatch.setattr(lock._cond, 'wait', wait)
     assert not lock.held
     peer.let_go()
-    assert eventually(lambda: served(lock))  # the thread got the lock, and then:
+    assert wait_for(lambda: served(lock), 10)  # the thread got the lock, and then:
     assert peer.can_take()  # it let go, the request being abandoned
     lock.acquire()
     assert lock.held and not peer.can_take()
@@ -201,12 +200,9 @@ def test_a_thread_that_cannot_start_leaves_the_lock_usable(lock_path, monkeypatc
 def test_closing_a_held_lock_lets_go_at_once_though_its_thread_lives(lock_path):
     """The thread has its own descriptor of the description: closing the file alone
     would not release the lock."""
-    lock, peer = WriterLock(lock_path, timeout=0.05), Peer(lock_path)
-    peer.take()
-    with pytest.raises(sqlite3.OperationalError):
-        lock.acquire()  # starts the thread
+    lock, peer = gave_up_once(lock_path, 0.05)
     peer.let_go()
-    assert eventually(lambda: served(lock))
+    assert wait_for(lambda: served(lock), 10)
     lock.timeout = 30
     lock.acquire()
     lock.close()
@@ -216,12 +212,9 @@ def test_closing_a_held_lock_lets_go_at_once_though_its_thread_lives(lock_path):
 
 
 def test_a_dead_thread_is_replaced(lock_path):
-    lock, peer = WriterLock(lock_path, timeout=0.05), Peer(lock_path)
-    peer.take()
-    with pytest.raises(sqlite3.OperationalError):
-        lock.acquire()
+    lock, peer = gave_up_once(lock_path, 0.05)
     peer.let_go()
-    assert eventually(lambda: served(lock))
+    assert wait_for(lambda: served(lock), 10)
     dead = lock._thread
     with lock._cond:  # as if it had died of an unexpected error
         lock._closed = True
@@ -232,7 +225,7 @@ def test_a_dead_thread_is_replaced(lock_path):
     peer.take()
 
     def let_go_once_a_new_thread_waits():
-        eventually(lambda: lock._thread is not dead and not served(lock))
+        wait_for(lambda: lock._thread is not dead and not served(lock), 10)
         peer.let_go()
     threading.Thread(target=let_go_once_a_new_thread_waits).start()
     lock.acquire()  # served by a new thread, not left to time out

@@ -3,7 +3,8 @@ what the tests of tools/ share (the `marker` fixture: conftest.py)."""
 import importlib.util
 import pathlib
 import sys
-import time
+
+from tests.harness import wait_for  # noqa: F401  (what the tests of tools/ import)
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 LIB = ROOT / 'tools' / 'lib'
@@ -22,12 +23,3 @@ def load(name):
 
 
 daemons = load('daemons')
-
-
-def wait_for(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
