@@ -85,13 +85,15 @@ class GroupCommit:
         self._thread.start()
 
     @contextlib.contextmanager
-    def write(self, wait: bool = True) -> Iterator[sqlite3.Connection]:
+    def write(self, wait: bool = True,
+              track: Optional[list] = None) -> Iterator[sqlite3.Connection]:
         """Run the body's statements; return once they are committed (sqlite3.Error if
         the body or the COMMIT failed).
 
         ``wait=False``: return at once; the statements are in the open transaction,
-        so they are on disk no later than those of the next write that waits (a
-        record whose loss in a crash changes nothing recovery decides).
+        so they are on disk no later than those of the next write that waits.
+        ``track`` (a list): the write's batch is appended to it, for ``confirm``:
+        whether it was committed is then known, not merely assumed.
         """
         with self.lock:
             if self._closed:
@@ -117,6 +119,8 @@ class GroupCommit:
                 self._check_open()
                 self._want_commit()  # the transaction must not stay open
         if not wait and failure is None:
+            if track is not None:
+                track.append(batch)
             return
         # a body that failed waits too: what it decided may rest on other writers'
         # statements of this batch, which it must not report before they are on disk
@@ -137,6 +141,16 @@ class GroupCommit:
         except sqlite3.Error:
             with contextlib.suppress(sqlite3.Error):
                 self._db.execute('ROLLBACK')
+
+    @staticmethod
+    def confirm(batches: list) -> None:
+        """Return once the batches of writes made with ``wait=False`` (``track``) are
+        settled; the error of the first that failed (a copy), if one did. A batch
+        settles before any later one: after a write that waited, this never waits."""
+        for batch in batches:
+            batch.settled.wait()
+            if batch.error is not None:
+                raise _copy(batch.error)
 
     def sync(self) -> None:
         """Return once what was written before this call is settled."""

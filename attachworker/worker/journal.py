@@ -1,14 +1,25 @@
 """The journal: a local durable record of every operation, step and undo.
 
 An operation is written before its cast is acknowledged (attachworker.rpc defers
-the ack until then), the undo of a step in the same write as the step's start,
-before the step runs, and each notification before it is published (the outbox).
-Recovery decides by the undos alone: the start of a step that arms nothing is
-written without waiting for its fsync (on disk within milliseconds, with the next
-commit), and the end of one that arms, rearms or commits nothing is written with the
-operation's next write (the next step's start, at once). At start-up,
-periodically and on demand, every operation whose owner is gone is finished or undone
-by replaying its recorded stack (attachworker.worker.recovery).
+the ack until then), and each notification before it is published (the outbox).
+Recovery decides by the undos alone (and by the commit): every periodic round, at
+start-up and on demand, every operation whose owner is gone is finished or undone by
+replaying its recorded stack (attachworker.worker.recovery).
+
+When a record waits for its fsync, one rule (``Journal._record``): **everything
+recovery decides by is on disk before the operation acts next.**
+
+- A step's start that arms an undo (or a finish) waits: the step acts right after.
+- A step's end that rearms, arms a resume or commits, and a failure that drops an
+  undo, do not: the operation's next record comes before it acts again (the next
+  step's start, or its end), and that record waits for them, whatever it holds; the
+  undo of a failed operation waits for them first (``before_undo``).
+- Everything else only reports (the trail, the summary, fields for the
+  notification): a start that arms nothing is on disk within milliseconds, with the
+  next commit; the end of a step that decides nothing is written with the operation's
+  next write. Fields, once written without waiting, are confirmed by the next record
+  that waits: a batch that failed fails that record (JournalError, before the step
+  acts) instead of being taken as written.
 
 Storage: SQLite in WAL mode with ``synchronous = FULL`` under ``state_path``: every
 write a decision of recovery needs is on disk before the step it records runs. It
@@ -76,14 +87,18 @@ class Journal(JournalQueries, OutboxStore, StepObserver):
         #: lock, no SAVEPOINT of their own); an operation is run by one thread at a
         #: time, its list by that thread only
         self._deferred: dict = {}
+        #: op id -> [owes a decision, batches]: its records written without waiting
+        #: (the operation's thread only); its next record that waits confirms them
+        self._unsynced: dict = {}
 
     @contextlib.contextmanager
-    def _transaction(self, wait: bool = True) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, wait: bool = True,
+                     track: Optional[list] = None) -> Iterator[sqlite3.Connection]:
         """Every statement inside is on disk when the block exits (a group commit:
         one fsync for the writes of every thread); JournalError on failure.
         ``wait=False``: on disk with the next write that waits (GroupCommit.write)."""
         try:
-            with self._group.write(wait) as db:
+            with self._group.write(wait, track) as db:
                 yield db
         except sqlite3.Error as exc:
             raise exception.JournalError(reason=str(exc)) from exc
@@ -149,6 +164,9 @@ class Journal(JournalQueries, OutboxStore, StepObserver):
         outcome notification nor send one for an operation still to be recovered.
         Returns the outbox id of the notification, if one was queued.
         """
+        # what did not wait is in this batch or an earlier one: on disk with this, and
+        # moot once the operation's end is (recovery does not look at it again)
+        self._unsynced.pop(op_id, None)
         with self._transaction() as db:
             self._flush_deferred(db, op_id)
             if fields is None:
@@ -167,77 +185,85 @@ class Journal(JournalQueries, OutboxStore, StepObserver):
                                               entry['name'], entry['kind'],
                                               dumps(entry['args']), entry['state']))
 
-    def _record(self, op: Any, step: str, state: str, extra: Any = None,
-                wait: bool = True) -> None:
+    def _record(self, op: Any, step: str, state: str, decides: Any = None) -> None:
+        """The one rule of when a record waits (see the module docstring).
+        ``decides(db)``: what the record arms, rearms, drops or commits."""
         now = time.time()
         crash = self._crash_at == '%s:%s' % (step, state)
         changed = getattr(op, 'journalled_version', None) != op.version
-        if state == 'done' and not (wait or crash or changed or extra):
+        if state == 'done' and not (decides or crash or changed):
             # lost in a crash, it changes nothing recovery decides, and the next step's
             # start (always written) says where the operation is: written with it
             self._deferred.setdefault(op.id, []).append((step, state, now))
             return
-        # the step, its undo and the summary together; new fields are always waited for
-        with self._transaction(wait or crash or changed) as db:
-            self._flush_deferred(db, op.id, summary=False)
-            db.execute(INSERT_STEP, (op.id, op.id, step, state, now))
-            if not changed:
-                db.execute('UPDATE operations SET last_step=?, step_state=?, updated_at=? '
-                           'WHERE op_id=?', (step, state, now, op.id))
-            else:  # the fields changed since the last record: write them too
-                db.execute('UPDATE operations SET last_step=?, step_state=?, fields=?, '
-                           'updated_at=? WHERE op_id=?',
-                           (step, state, dumps(op.fields), now, op.id))
-            if extra:
-                extra(db)
+        unsynced = self._unsynced.get(op.id)  # [owes a decision, batches not waited for]
+        wait = crash or bool(unsynced and unsynced[0]) or bool(
+            decides and state == 'started')
+        track: Optional[list] = None if wait else []
+        with self._transaction(wait, track) as db:
+            rows = self._deferred.pop(op.id, [])
+            rows.append((step, state, now))
+            db.executemany(INSERT_STEP, [(op.id, op.id, s, st, at) for s, st, at in rows])
+            if changed:  # the fields changed since the last record: written too
+                db.execute('UPDATE operations SET fields=? WHERE op_id=?',
+                           (dumps(op.fields), op.id))
+            if decides:
+                decides(db)
         op.journalled_version = op.version
+        if track is not None:
+            unsynced = self._unsynced.setdefault(op.id, [False, []])
+            unsynced[0] = unsynced[0] or bool(decides)
+            unsynced[1].extend(track)
+        elif unsynced:
+            self._confirm(op)
         if crash:
-            LOG.warning('%s=%s: killing this process now (test only)', CRASH_ENV,
-                        self._crash_at)
-            os.kill(os.getpid(), signal.SIGKILL)
+            self._die()
 
-    def _flush_deferred(self, db: sqlite3.Connection, op_id: str,
-                        summary: bool = True) -> None:
-        """Write op_id's deferred records (the caller holds a transaction); summary:
-        last_step/step_state too, unless the caller writes its own."""
+    def _die(self) -> None:
+        LOG.warning('%s=%s: killing this process now (test only)', CRASH_ENV,
+                    self._crash_at)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def _confirm(self, op: Any) -> None:
+        """Were op's records that did not wait committed? JournalError if not (and its
+        fields are written again with its next record)."""
+        unsynced = self._unsynced.pop(op.id, None)
+        try:
+            if unsynced:
+                self._group.confirm(unsynced[1])
+        except sqlite3.Error as exc:
+            op.journalled_version = None
+            raise exception.JournalError(reason=str(exc)) from exc
+
+    def _flush_deferred(self, db: sqlite3.Connection, op_id: str) -> None:
+        """Write op_id's deferred records (the caller holds a transaction)."""
         rows = self._deferred.pop(op_id, None)
-        if not rows:
-            return
-        db.executemany(INSERT_STEP, [(op_id, op_id, step, state, at)
-                                     for step, state, at in rows])
-        if summary:
-            step, state, at = rows[-1]
-            db.execute('UPDATE operations SET last_step=?, step_state=?, updated_at=? '
-                       'WHERE op_id=?', (step, state, at, op_id))
+        if rows:
+            db.executemany(INSERT_STEP, [(op_id, op_id, step, state, at)
+                                         for step, state, at in rows])
 
     def step_started(self, op: Any, step: str, entry: Optional[dict] = None) -> None:
-        # only an undo (or finish) armed here must be on disk before the step acts:
-        # recovery decides by the undos alone, and what a step without one does is
-        # covered by an entry armed, and waited for, before it (last_step and the
-        # steps rows only report); so such a start is not waited for (on disk within
-        # milliseconds: last_step names the step a hang or a kill is in)
         self._record(op, step, 'started',
-                     (lambda db: self._arm(db, op.id, entry)) if entry else None,
-                     wait=bool(entry))
+                     (lambda db: self._arm(db, op.id, entry)) if entry else None)
 
     def step_done(self, op: Any, step: str, result: Any = None,
                   entries: tuple = (), commit: bool = False) -> None:
-        def extra(db: sqlite3.Connection) -> None:
+        def decides(db: sqlite3.Connection) -> None:
             for entry in entries:
                 self._arm(db, op.id, entry)
             if commit:
                 db.execute("UPDATE undos SET state='committed' WHERE op_id=? AND state="
                            "'armed'", (op.id,))
                 db.execute('UPDATE operations SET committed=1 WHERE op_id=?', (op.id,))
-        # a done with nothing to arm or commit changes nothing recovery decides (the
-        # step's undo was armed with its start): it is written with the op's next write
-        work = bool(entries or commit)
-        self._record(op, step, 'done', extra if work else None, wait=work)
+        self._record(op, step, 'done', decides if entries or commit else None)
 
     def step_failed(self, op: Any, step: str, exc: BaseException,
                     dropped: Optional[dict] = None) -> None:
         self._record(op, step, 'failed',
                      (lambda db: self._arm(db, op.id, dropped)) if dropped else None)
+
+    def before_undo(self, op: Any) -> None:
+        self._confirm(op)
 
     def undo_ran(self, op: Any, entry: dict, error: Optional[BaseException]) -> None:
         self.set_undo_state(op.id, entry, 'failed' if error else 'done')

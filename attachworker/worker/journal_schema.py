@@ -62,6 +62,13 @@ CREATE TABLE IF NOT EXISTS outbox (
     parked_at REAL,                 -- given up on after repeated failures
     last_error TEXT
 );
+-- an operation's summary follows its trail, inside SQLite (no statement of its own);
+-- an undo's row (undo_done, undo_failed) leaves it at the step the operation stopped at
+CREATE TRIGGER IF NOT EXISTS steps_summary AFTER INSERT ON steps
+WHEN NEW.state IN ('started', 'done', 'failed') BEGIN
+    UPDATE operations SET last_step = NEW.step, step_state = NEW.state,
+                          updated_at = NEW.at WHERE op_id = NEW.op_id;
+END;
 CREATE INDEX IF NOT EXISTS outbox_unsent ON outbox (sent_at) WHERE sent_at IS NULL;
 CREATE INDEX IF NOT EXISTS operations_state ON operations (state);
 CREATE INDEX IF NOT EXISTS operations_request ON operations (request_id);

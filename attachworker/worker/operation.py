@@ -49,6 +49,10 @@ class StepObserver:
                     dropped: Optional[dict]) -> None:
         """``step`` raised; ``dropped`` is its undo when the failure was definite."""
 
+    def before_undo(self, op: 'Operation') -> None:
+        """Before the stack of a failed operation runs: what was recorded of it is on
+        disk (a step's end may not have waited: the journal's rule)."""
+
     def undo_ran(self, op: 'Operation', entry: dict, error: Optional[BaseException]) -> None:
         """An entry of the stack ran (``error`` None when it succeeded)."""
 
@@ -163,6 +167,10 @@ class Operation:
 
     def undo(self, compensator: Any) -> tuple:
         """Run the stack (attachworker.worker.undo.run_stack); (failed names, finished)."""
+        try:
+            self._observer.before_undo(self)
+        except exception.JournalError as journal_exc:  # the stack in memory still runs
+            LOG.error('Could not journal the operation before its undo: %s', journal_exc)
         return undo_rules.run_stack(self.stack, compensator, self._ran)
 
     def _ran(self, entry: dict, error: Optional[BaseException]) -> None:

@@ -4,6 +4,8 @@ Each failure test asserts the exact Cinder calls made, in order: the steps up to
 the failure, then the undo calls and nothing else; and that the ``.error`` names
 the failing step.
 """
+import contextlib
+
 import pytest
 
 from attachworker import virt
@@ -250,3 +252,69 @@ def test_legacy_attach_done_before_a_timeout_is_detached(make_manager, cinder_mo
         'POST /volumes/VOL/action:os-terminate_connection',
         'POST /volumes/VOL/action:os-unreserve']
     assert outcome(notifications)[0] == 'instance.volume_attach.error'
+
+
+def journal_writes(journal, monkeypatch):
+    """[(waited, what)] of each journal write: what = the last step row it inserts
+    ('step:state'), or 'begin', 'finish', 'sent'."""
+    writes = []
+    real = journal._group.write
+
+    @contextlib.contextmanager
+    def write(wait=True, track=None):
+        seen = []
+
+        class Recording:
+            def __init__(self, db):
+                self._db = db
+
+            def execute(self, sql, params=()):
+                seen.append((sql, [params]))
+                return self._db.execute(sql, params)
+
+            def executemany(self, sql, rows):
+                rows = list(rows)
+                seen.append((sql, rows))
+                return self._db.executemany(sql, rows)
+
+        with real(wait, track) as db:
+            yield Recording(db)
+        what = None
+        for sql, rows in seen:
+            if sql.startswith('INSERT INTO operations'):
+                what = 'begin'
+            elif sql.startswith('INSERT INTO steps'):
+                what = '%s:%s' % tuple(rows[-1][2:4])
+            elif sql.startswith('UPDATE operations SET state='):
+                what = 'finish'
+            elif sql.startswith('UPDATE outbox SET sent_at'):
+                what = 'sent'
+        writes.append((wait, what))
+    monkeypatch.setattr(journal._group, 'write', write)
+    return writes
+
+
+@pytest.mark.parametrize('flow, waited', [
+    ('attachments', ['begin', 'reserve_device:started', 'attachment_create:started',
+                     'attachment_update:started', 'driver_attach:started',
+                     'attachment_complete:started', 'finish']),
+    ('legacy', ['begin', 'reserve_device:started', 'reserve:started',
+                'initialize_connection:started', 'driver_attach:started',
+                'attach:started', 'finish']),
+])
+def test_an_attach_waits_for_the_disk_only_before_it_acts(flow, waited, conf, make_manager,
+                                                          cinder_mock, ctxt, journal,
+                                                          monkeypatch):
+    """The journal's rule: a record waits for its fsync when the step after it acts on
+    what it arms, or when an end before it armed, rearmed or committed something
+    (the attachment id, the resume, the commit); nothing else waits."""
+    conf.set_override('attach_flow', flow, group='cinder')
+    writes = journal_writes(journal, monkeypatch)
+    make_manager().attach_volume(ctxt, INSTANCE, cinder_mock.volume_id, '/dev/vdb')
+    assert [what for wait, what in writes if wait] == waited
+    not_waited = [what for wait, what in writes if not wait]
+    decided = {'attachments': ['attachment_create:done', 'driver_attach:done',
+                               'attachment_complete:done'],
+               'legacy': ['driver_attach:done', 'attach:done']}[flow]
+    assert set(decided) <= set(not_waited)
+    assert not_waited.count('sent') == 2   # .start and .end: published, then marked

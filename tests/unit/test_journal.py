@@ -1,5 +1,6 @@
 """The journal and the outbox: what is on disk, and what gets published when."""
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -62,15 +63,101 @@ def test_steps_and_their_undos_are_on_disk_before_and_after_they_run(journal, tm
             rearm=lambda result: {'attachment_id': result['id']})
     assert [(e['name'], e['args']['attachment_id'], e['state']) for e in seen_during] == [
         ('release_attachment', None, 'armed')]
-    # a second connection (another process) sees it: it was committed
-    other = Journal(str(tmp_path), owner='2:1')
-    record = other.get('req-1')
+    # the rearmed id is on disk before the operation acts again: while the next step
+    # runs (one that arms nothing), another process sees it
+    seen_next = []
+
+    def update():
+        other = Journal(str(tmp_path), owner='2:1')
+        seen_next.append((other.get('req-1'), other.stack(op.id), other.steps(op.id)))
+        other.close()
+    op.step('attachment_update', update)
+    record, stack, steps = seen_next[0]
     assert record['state'] == 'running'
-    assert (record['last_step'], record['step_state']) == ('attachment_create', 'done')
-    assert [(e['name'], e['args']['attachment_id'], e['state'])
-            for e in other.stack(op.id)] == [('release_attachment', 'att-1', 'armed')]
-    assert [(s['step'], s['state']) for s in other.steps(op.id)] == [
-        ('attachment_create', 'started'), ('attachment_create', 'done')]
+    assert (record['last_step'], record['step_state']) == ('attachment_update', 'started')
+    assert [(e['name'], e['args']['attachment_id'], e['state']) for e in stack] == [
+        ('release_attachment', 'att-1', 'armed')]
+    assert [(s['step'], s['state']) for s in steps] == [
+        ('attachment_create', 'started'), ('attachment_create', 'done'),
+        ('attachment_update', 'started')]
+
+
+class FailingCommit:
+    """The group commit's connection, whose next COMMIT fails once ``fail`` is set
+    (a disk error at the fsync), and every COMMIT of which takes ``slow`` seconds
+    (a slow disk); everything else goes to the real one."""
+
+    def __init__(self, db):
+        self._real = db
+        self.fail = False
+        self.slow = 0.0
+
+    def execute(self, sql, *args):
+        if sql == 'COMMIT':
+            time.sleep(self.slow)
+        if sql == 'COMMIT' and self.fail:
+            self.fail = False
+            self._real.execute('ROLLBACK')
+            raise sqlite3.OperationalError('disk I/O error')
+        return self._real.execute(sql, *args)
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+
+@pytest.fixture
+def failing_commit(journal):
+    journal._group._db = FailingCommit(journal._group._db)
+    return journal._group._db
+
+
+def test_an_end_that_did_not_wait_and_was_lost_stops_the_operation_before_it_acts(
+        journal, failing_commit, tmp_path):
+    """The rearm is not waited for; its batch fails: the next step's record confirms
+    it, so that step never runs on an undo the disk does not have."""
+    op = Operation('volume_attach', 'req-lost', 'h1', observer=journal)
+    journal.begin(op, {})
+
+    def create():
+        failing_commit.fail = True   # the COMMIT of what comes next fails
+        return {'id': 'att-1'}
+    op.step('attachment_create', create,
+            undo=('release_attachment', {'attachment_id': None, 'volume_id': 'v'}),
+            rearm=lambda result: {'attachment_id': result['id']})
+    journal._group.sync()   # that batch is settled, failed, before the next record
+    assert not failing_commit.fail
+    ran = []
+    with pytest.raises(exception.JournalError, match='disk I/O error'):
+        op.step('attachment_update', lambda: ran.append('update'))
+    assert ran == []
+    # on disk: the undo as its start armed it; the next record rewrites the fields
+    assert [(e['args']['attachment_id'], e['state']) for e in journal.stack(op.id)] == [
+        (None, 'armed')]
+    assert op.journalled_version is None
+
+
+def test_a_failed_operation_undoes_only_once_its_ends_are_on_disk(journal, failing_commit,
+                                                                 tmp_path):
+    """A step's end that armed a resume did not wait; the operation stops before its
+    next step (the worker is stopping): before its stack runs, the resume is on disk,
+    on a disk slow enough that an undo that did not wait would run first."""
+    op = Operation('volume_attach', 'req-stop', 'h1', observer=journal)
+    journal.begin(op, {})
+    failing_commit.slow = 0.5
+    op.step('driver_attach', lambda: None, undo=('driver_detach', {'volume_id': 'v'}),
+            resume=('complete_attachment', {'attachment_id': 'att-1'}))
+    op._abort.set()
+    with pytest.raises(exception.ShuttingDown):
+        op.step('attachment_complete', lambda: None)
+    seen = []
+
+    class Compensator:
+        def run(self, name, args):
+            other = Journal(str(tmp_path), owner='3:1')
+            seen.append([(e['name'], e['state']) for e in other.stack(op.id)])
+            other.close()
+    op.undo(Compensator())
+    assert seen == [[('driver_detach', 'armed'), ('complete_attachment', 'armed')]]
 
 
 def test_the_end_of_a_step_that_arms_nothing_is_written_with_the_next_start(journal,

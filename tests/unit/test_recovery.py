@@ -42,17 +42,16 @@ class Killed(BaseException):
 
 
 class CrashingJournal(Journal):
+    """ATTACHWORKER_TEST_CRASH_AT's hook, dying by an exception instead of SIGKILL: the
+    record the crash follows is on disk first, as it is for the real one."""
+
     def __init__(self, state_path, crash_at):
         super().__init__(state_path, owner='424242:1')
         self.crash_at = crash_at
+        self._crash_at = '%s:%s' % crash_at
 
-    def _record(self, op, step, state, extra=None, wait=True):
-        # a record the crash follows is on disk first (as ATTACHWORKER_TEST_CRASH_AT
-        # makes it); one not waited for and lost is the crash after the step before
-        hit = (step, state) == self.crash_at
-        super()._record(op, step, state, extra, wait=wait or hit)
-        if hit:
-            raise Killed('%s:%s' % (step, state))
+    def _die(self):
+        raise Killed(self._crash_at)
 
 
 @pytest.fixture
