@@ -10,10 +10,14 @@ When a record waits for its fsync, one rule (``Journal._record``): **everything
 recovery decides by is on disk before the operation acts next.**
 
 - A step's start that arms an undo (or a finish) waits: the step acts right after.
-- A step's end that rearms, arms a resume or commits, and a failure that drops an
-  undo, do not: the operation's next record comes before it acts again (the next
-  step's start, or its end), and that record waits for them, whatever it holds; the
-  undo of a failed operation waits for them first (``before_undo``).
+  So does the commit: the outcome is told right after (``.end``), and a commit lost
+  would let recovery undo what was told done.
+- A step's end that rearms or arms a resume, and a failure that drops an undo, do
+  not: the operation's next record comes before it acts again (the next step's
+  start), and that record waits for them, whatever it holds; the undo of a failed
+  operation confirms them first (``before_undo``: if one was lost, the stack is
+  written again from memory). What is still owed at the operation's end decides
+  nothing any more: its end is terminal, and recovery does not look at it again.
 - Everything else only reports (the trail, the summary, fields for the
   notification): a start that arms nothing is on disk within milliseconds, with the
   next commit; the end of a step that decides nothing is written with the operation's
@@ -22,13 +26,13 @@ recovery decides by is on disk before the operation acts next.**
   acts) instead of being taken as written.
 
 Storage: SQLite in WAL mode with ``synchronous = FULL`` under ``state_path``: every
-write a decision of recovery needs is on disk before the step it records runs. It
+write a decision of recovery needs is on disk before the operation acts on it. It
 holds ids, states, the connector (no secret in it), undo arguments and notification
 payloads, all masked again on the way in; never tokens or connection_info.
 
 Test-only fault injection: with ``ATTACHWORKER_TEST_CRASH_AT=<step>:<started|done>``
 in the environment, the process kills itself with SIGKILL right after journalling
-that step state, as a power cut would.
+that step state (that record waited for, so it is on disk), as a power cut would.
 """
 import contextlib
 import os
@@ -88,15 +92,17 @@ class Journal(JournalQueries, OutboxStore, StepObserver):
         #: time, its list by that thread only
         self._deferred: dict = {}
         #: op id -> [owes a decision, batches]: its records written without waiting
-        #: (the operation's thread only); its next record that waits confirms them
+        #: (the operation's thread only; ``finish`` pops it, from any thread, once the
+        #: operation ended); its next record that waits confirms them
         self._unsynced: dict = {}
 
     @contextlib.contextmanager
     def _transaction(self, wait: bool = True,
                      track: Optional[list] = None) -> Iterator[sqlite3.Connection]:
-        """Every statement inside is on disk when the block exits (a group commit:
-        one fsync for the writes of every thread); JournalError on failure.
-        ``wait=False``: on disk with the next write that waits (GroupCommit.write)."""
+        """With ``wait``, every statement inside is on disk when the block exits (a
+        group commit: one fsync for the writes of every thread); JournalError on
+        failure. ``wait=False``: on disk with the next write that waits; ``track``
+        gets its batch, to confirm (GroupCommit.write)."""
         try:
             with self._group.write(wait, track) as db:
                 yield db
@@ -164,8 +170,8 @@ class Journal(JournalQueries, OutboxStore, StepObserver):
         outcome notification nor send one for an operation still to be recovered.
         Returns the outbox id of the notification, if one was queued.
         """
-        # what did not wait is in this batch or an earlier one: on disk with this, and
-        # moot once the operation's end is (recovery does not look at it again)
+        # what is still owed decides nothing once the end is on disk: the end is
+        # terminal (recovery does not look at it again), and the commit waited
         self._unsynced.pop(op_id, None)
         with self._transaction() as db:
             self._flush_deferred(db, op_id)
@@ -185,7 +191,8 @@ class Journal(JournalQueries, OutboxStore, StepObserver):
                                               entry['name'], entry['kind'],
                                               dumps(entry['args']), entry['state']))
 
-    def _record(self, op: Any, step: str, state: str, decides: Any = None) -> None:
+    def _record(self, op: Any, step: str, state: str, decides: Any = None,
+                commit: bool = False) -> None:
         """The one rule of when a record waits (see the module docstring).
         ``decides(db)``: what the record arms, rearms, drops or commits."""
         now = time.time()
@@ -197,7 +204,7 @@ class Journal(JournalQueries, OutboxStore, StepObserver):
             self._deferred.setdefault(op.id, []).append((step, state, now))
             return
         unsynced = self._unsynced.get(op.id)  # [owes a decision, batches not waited for]
-        wait = crash or bool(unsynced and unsynced[0]) or bool(
+        wait = crash or commit or bool(unsynced and unsynced[0]) or bool(
             decides and state == 'started')
         track: Optional[list] = None if wait else []
         with self._transaction(wait, track) as db:
@@ -231,7 +238,7 @@ class Journal(JournalQueries, OutboxStore, StepObserver):
         try:
             if unsynced:
                 self._group.confirm(unsynced[1])
-        except sqlite3.Error as exc:
+        except Exception as exc:  # noqa: BLE001 - a failed batch's error, whatever it is
             op.journalled_version = None
             raise exception.JournalError(reason=str(exc)) from exc
 
@@ -255,7 +262,7 @@ class Journal(JournalQueries, OutboxStore, StepObserver):
                 db.execute("UPDATE undos SET state='committed' WHERE op_id=? AND state="
                            "'armed'", (op.id,))
                 db.execute('UPDATE operations SET committed=1 WHERE op_id=?', (op.id,))
-        self._record(op, step, 'done', decides if entries or commit else None)
+        self._record(op, step, 'done', decides if entries or commit else None, commit)
 
     def step_failed(self, op: Any, step: str, exc: BaseException,
                     dropped: Optional[dict] = None) -> None:
@@ -263,7 +270,17 @@ class Journal(JournalQueries, OutboxStore, StepObserver):
                      (lambda db: self._arm(db, op.id, dropped)) if dropped else None)
 
     def before_undo(self, op: Any) -> None:
-        self._confirm(op)
+        try:
+            self._confirm(op)
+        except exception.JournalError as exc:
+            # a record that did not wait was lost (a rearm, a resume, a dropped undo):
+            # the stack the undos run by is written again, so that recovery replays
+            # the same one should the undo fail or the process die
+            LOG.warning('A journal write of operation %s was lost (%s): its stack is '
+                        'written again before its undo', op.id, exc)
+            with self._transaction() as db:
+                for entry in op.stack:
+                    self._arm(db, op.id, entry)
 
     def undo_ran(self, op: Any, entry: dict, error: Optional[BaseException]) -> None:
         self.set_undo_state(op.id, entry, 'failed' if error else 'done')

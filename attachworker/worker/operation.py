@@ -7,11 +7,13 @@ and after it runs.
 
 The undo of a step is named when the step starts, as a name and its arguments
 (attachworker.worker.undo runs it), and the observer journals it with the step's start:
-so the undo exists exactly when its step may have done something, in this
-process's memory and on disk alike. A step that fails with a definite refusal
-(an ``expected`` error: a 4xx, a volume in the wrong state) did nothing, and its
-undo is dropped; any other failure (a timeout, a 5xx, a dropped connection) keeps
-it. ``commit`` ends the operation: nothing is to be undone any more.
+so the undo exists whenever its step may have done something, in this process's
+memory and on disk alike. (On disk it may also exist for a step that never ran: its
+start was written, then the journal failed to confirm what came before it, as after a
+kill right after the start; such an undo finds nothing to do.) A step that fails
+with a definite refusal (an ``expected`` error: a 4xx, a volume in the wrong state)
+did nothing, and its undo is dropped; any other failure (a timeout, a 5xx, a dropped
+connection) keeps it. ``commit`` ends the operation: nothing is to be undone any more.
 
 Observer errors (a journal that cannot be written) before a step stop the
 operation before the step runs; during the undos they are logged and every undo

@@ -297,24 +297,24 @@ def journal_writes(journal, monkeypatch):
 @pytest.mark.parametrize('flow, waited', [
     ('attachments', ['begin', 'reserve_device:started', 'attachment_create:started',
                      'attachment_update:started', 'driver_attach:started',
-                     'attachment_complete:started', 'finish']),
+                     'attachment_complete:started', 'attachment_complete:done', 'finish']),
     ('legacy', ['begin', 'reserve_device:started', 'reserve:started',
                 'initialize_connection:started', 'driver_attach:started',
-                'attach:started', 'finish']),
+                'attach:started', 'attach:done', 'finish']),
 ])
 def test_an_attach_waits_for_the_disk_only_before_it_acts(flow, waited, conf, make_manager,
                                                           cinder_mock, ctxt, journal,
                                                           monkeypatch):
     """The journal's rule: a record waits for its fsync when the step after it acts on
-    what it arms, or when an end before it armed, rearmed or committed something
-    (the attachment id, the resume, the commit); nothing else waits."""
+    what it arms, when it commits (the outcome is told next), or when an end before
+    it armed or rearmed something (the attachment id, the resume); nothing else."""
     conf.set_override('attach_flow', flow, group='cinder')
     writes = journal_writes(journal, monkeypatch)
     make_manager().attach_volume(ctxt, INSTANCE, cinder_mock.volume_id, '/dev/vdb')
     assert [what for wait, what in writes if wait] == waited
     not_waited = [what for wait, what in writes if not wait]
-    decided = {'attachments': ['attachment_create:done', 'driver_attach:done',
-                               'attachment_complete:done'],
-               'legacy': ['driver_attach:done', 'attach:done']}[flow]
+    decided = {'attachments': ['attachment_create:done', 'driver_attach:done'],
+               'legacy': ['driver_attach:done']}[flow]
     assert set(decided) <= set(not_waited)
     assert not_waited.count('sent') == 2   # .start and .end: published, then marked
+    assert journal._unsynced == {} and journal._deferred == {}

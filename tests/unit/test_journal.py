@@ -49,9 +49,40 @@ def journal(tmp_path):
     j.close()
 
 
-def test_steps_and_their_undos_are_on_disk_before_and_after_they_run(journal, tmp_path):
+class FailingCommit:
+    """The group commit's connection, whose next COMMIT fails once ``fail`` is set
+    (a disk error at the fsync), and every COMMIT of which takes ``slow`` seconds
+    (a slow disk); everything else goes to the real one."""
+
+    def __init__(self, db):
+        self._real = db
+        self.fail = False
+        self.slow = 0.0
+
+    def execute(self, sql, *args):
+        if sql == 'COMMIT':
+            time.sleep(self.slow)
+        if sql == 'COMMIT' and self.fail:
+            self.fail = False
+            self._real.execute('ROLLBACK')
+            raise sqlite3.OperationalError('disk I/O error')
+        return self._real.execute(sql, *args)
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+
+@pytest.fixture
+def failing_commit(journal):
+    journal._group._db = FailingCommit(journal._group._db)
+    return journal._group._db
+
+
+def test_steps_and_their_undos_are_on_disk_before_and_after_they_run(journal, tmp_path,
+                                                                     failing_commit):
     op = Operation('volume_attach', 'req-1', 'h1', observer=journal)
     journal.begin(op, {'request_id': 'req-1'})
+    failing_commit.slow = 0.3   # a slow disk: what is not waited for is not there yet
     seen_during = []
 
     def create():
@@ -80,35 +111,6 @@ def test_steps_and_their_undos_are_on_disk_before_and_after_they_run(journal, tm
     assert [(s['step'], s['state']) for s in steps] == [
         ('attachment_create', 'started'), ('attachment_create', 'done'),
         ('attachment_update', 'started')]
-
-
-class FailingCommit:
-    """The group commit's connection, whose next COMMIT fails once ``fail`` is set
-    (a disk error at the fsync), and every COMMIT of which takes ``slow`` seconds
-    (a slow disk); everything else goes to the real one."""
-
-    def __init__(self, db):
-        self._real = db
-        self.fail = False
-        self.slow = 0.0
-
-    def execute(self, sql, *args):
-        if sql == 'COMMIT':
-            time.sleep(self.slow)
-        if sql == 'COMMIT' and self.fail:
-            self.fail = False
-            self._real.execute('ROLLBACK')
-            raise sqlite3.OperationalError('disk I/O error')
-        return self._real.execute(sql, *args)
-
-    def __getattr__(self, name):
-        return getattr(self._real, name)
-
-
-@pytest.fixture
-def failing_commit(journal):
-    journal._group._db = FailingCommit(journal._group._db)
-    return journal._group._db
 
 
 def test_an_end_that_did_not_wait_and_was_lost_stops_the_operation_before_it_acts(
@@ -154,6 +156,50 @@ def test_a_failed_operation_undoes_only_once_its_ends_are_on_disk(journal, faili
     class Compensator:
         def run(self, name, args):
             other = Journal(str(tmp_path), owner='3:1')
+            seen.append([(e['name'], e['state']) for e in other.stack(op.id)])
+            other.close()
+    op.undo(Compensator())
+    assert seen == [[('driver_detach', 'armed'), ('complete_attachment', 'armed')]]
+    assert journal._unsynced == {}
+
+
+def test_a_lost_commit_is_the_steps_failure_never_an_end(journal, failing_commit):
+    """The commit waits: the outcome (.end) is told right after it, and a commit the
+    disk lost would let recovery undo what was told done."""
+    op = Operation('volume_attach', 'req-commit', 'h1', observer=journal)
+    journal.begin(op, {})
+
+    def complete():
+        failing_commit.fail = True
+    with pytest.raises(exception.JournalError, match='disk I/O error'):
+        op.step('attachment_complete', complete, commit=True,
+                undo=('release_attachment', {'attachment_id': 'att-1'}))
+    record = journal.get('req-commit')
+    assert not record['committed']
+    assert [e['state'] for e in op.stack] == ['armed']   # not committed in memory either
+
+
+def test_a_lost_end_is_written_again_from_memory_before_the_undo(journal, failing_commit,
+                                                                 tmp_path):
+    """The resume's batch failed; the worker stops before the next step: the stack the
+    undo runs by is written again first, so that recovery would replay that one."""
+    op = Operation('volume_attach', 'req-again', 'h1', observer=journal)
+    journal.begin(op, {})
+
+    def attach():
+        failing_commit.fail = True
+    op.step('driver_attach', attach, undo=('driver_detach', {'volume_id': 'v'}),
+            resume=('complete_attachment', {'attachment_id': 'att-1'}))
+    journal._group.sync()
+    assert [e['name'] for e in journal.stack(op.id)] == ['driver_detach']   # lost
+    op._abort.set()
+    with pytest.raises(exception.ShuttingDown):
+        op.step('attachment_complete', lambda: None)
+    seen = []
+
+    class Compensator:
+        def run(self, name, args):
+            other = Journal(str(tmp_path), owner='4:1')
             seen.append([(e['name'], e['state']) for e in other.stack(op.id)])
             other.close()
     op.undo(Compensator())
