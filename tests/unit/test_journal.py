@@ -242,18 +242,26 @@ def wait_committed(state_path, request_id, timeout=5.0):
 
 
 def test_deferred_ends_go_with_an_undo_record_and_new_fields_are_never_deferred(
-        journal, tmp_path):
+        journal, tmp_path, failing_commit):
     op = Operation('volume_attach', 'req-u', 'h1', observer=journal)
     journal.begin(op, {})
     op.step('connector', lambda: {})
     journal.set_undo_state(op.id, {'name': 'unreserve', 'seq': 1}, 'done')
     assert [(s['step'], s['state']) for s in journal.steps(op.id)] == [
         ('connector', 'started'), ('connector', 'done'), ('unreserve', 'undo_done')]
-    op.update(mountpoint='/dev/vdb')                  # recovery reports these: waited for
-    op.step('check_attach', lambda: None)
-    other = Journal(str(tmp_path), owner='2:1')       # committed, seen by another process
-    assert other.get('req-u')['last_step'] == 'check_attach'
-    assert other.get('req-u')['fields']['mountpoint'] == '/dev/vdb'
+    op.update(mountpoint='/dev/vdb')    # recovery reports these: written with the next
+    op.step('check_attach', lambda: None)   # record, on disk with the next that waits
+    assert journal.get('req-u')['fields']['mountpoint'] == '/dev/vdb'
+    failing_commit.slow = 0.3
+    seen = []
+
+    def reserve():   # the start before it waited (it arms): the fields are on disk too
+        other = Journal(str(tmp_path), owner='2:1')
+        seen.append(other.get('req-u'))
+        other.close()
+    op.step('reserve', reserve, undo=('unreserve', {'volume_id': 'v'}))
+    assert seen[0]['last_step'] == 'reserve'
+    assert seen[0]['fields']['mountpoint'] == '/dev/vdb'
 
 
 def test_a_definite_refusal_drops_the_undo_an_ambiguous_failure_keeps_it(journal):
