@@ -33,6 +33,10 @@ payloads, all masked again on the way in; never tokens or connection_info.
 Test-only fault injection: with ``ATTACHWORKER_TEST_CRASH_AT=<step>:<started|done>``
 in the environment, the process kills itself with SIGKILL right after journalling
 that step state (that record waited for, so it is on disk), as a power cut would.
+With ``<step>:<state>:lost`` it dies as a power cut just before that record's fsync
+would: inside its batch, holding the connection, so that the record and the rest of
+the open batch are never committed (what earlier COMMITs fsynced stays). A record
+that does not wait has then been acted on (the step ran) and is lost all the same.
 """
 import contextlib
 import os
@@ -196,7 +200,9 @@ class Journal(JournalQueries, OutboxStore, StepObserver):
         """The one rule of when a record waits (see the module docstring).
         ``decides(db)``: what the record arms, rearms, drops or commits."""
         now = time.time()
-        crash = self._crash_at == '%s:%s' % (step, state)
+        point = '%s:%s' % (step, state)
+        crash = self._crash_at in (point, point + ':lost')
+        lost = crash and self._crash_at.endswith(':lost')
         changed = getattr(op, 'journalled_version', None) != op.version
         if state == 'done' and not (decides or crash or changed):
             # lost in a crash, it changes nothing recovery decides, and the next step's
@@ -204,7 +210,7 @@ class Journal(JournalQueries, OutboxStore, StepObserver):
             self._deferred.setdefault(op.id, []).append((step, state, now))
             return
         unsynced = self._unsynced.get(op.id)  # [owes a decision, batches not waited for]
-        wait = crash or commit or bool(unsynced and unsynced[0]) or bool(
+        wait = (crash and not lost) or commit or bool(unsynced and unsynced[0]) or bool(
             decides and state == 'started')
         track: Optional[list] = None if wait else []
         with self._transaction(wait, track) as db:
@@ -216,6 +222,8 @@ class Journal(JournalQueries, OutboxStore, StepObserver):
                            (dumps(op.fields), op.id))
             if decides:
                 decides(db)
+            if lost:
+                self._die()  # the batch stays open: never committed
         op.journalled_version = op.version
         if track is not None:
             unsynced = self._unsynced.setdefault(op.id, [False, []])

@@ -48,9 +48,11 @@ class CrashingJournal(Journal):
     def __init__(self, state_path, crash_at):
         super().__init__(state_path, owner='424242:1')
         self.crash_at = crash_at
-        self._crash_at = '%s:%s' % crash_at
+        self._crash_at = ':'.join(crash_at)
 
     def _die(self):
+        if self._crash_at.endswith(':lost'):  # a power cut: the open batch is lost too
+            self._db.execute('ROLLBACK')
         raise Killed(self._crash_at)
 
 
@@ -88,7 +90,7 @@ def crash(conf, crash_at, cast='attach', **kwargs):
     except Killed:
         pass
     else:
-        raise AssertionError('the cast never reached %s:%s' % crash_at)
+        raise AssertionError('the cast never reached %s' % ':'.join(crash_at))
     finally:
         dead.close()  # the dead process's owner lock is gone with it
 
@@ -419,3 +421,59 @@ def test_own_only_retries_this_processs_failed_undos_and_nothing_else(conf, clou
         assert sum(recovery.run().values()) == 1  # the main process's round takes it
     finally:
         journal.close()
+
+
+
+def list_as_cinder_would(cloud):
+    """GET /attachments?volume_id= lists the attachment once created, until deleted."""
+    cloud.m.get('%s/attachments' % cloud.base, json=lambda r, c: {'attachments': [
+        cloud._attachment()] if cloud.att['instance'] and not cloud.att.get('deleted')
+        else []})
+
+
+#: (flow, step, state) -> the Cinder calls of the recovery after a power cut just
+#: before that record's fsync (ATTACHWORKER_TEST_CRASH_AT=<step>:<state>:lost): the
+#: record is lost, and with it the open batch (an end the operation still owed); a
+#: step's end lost means the step acted, and its start (if it armed) is what is left
+LOOKUP = ['GET /attachments?volume_id=VOL', 'DELETE /attachments/ATT']
+LOST = {(flow, step, state): [] for flow, steps in (('attachments', ATT_STEPS),
+                                                    ('legacy', LEGACY_STEPS))
+        for step in steps for state in ('started', 'done')}
+LOST.update({
+    # the create ran, its attachment id is lost: found by instance, as if no answer came
+    ('attachments', 'attachment_create', 'done'): LOOKUP,
+    ('attachments', 'attachment_update', 'started'): LOOKUP,  # the owed end went too
+    ('attachments', 'attachment_update', 'done'): DEL,
+    ('attachments', 'driver_attach', 'started'): DEL,
+    ('attachments', 'driver_attach', 'done'): DEL,
+    ('attachments', 'attachment_complete', 'started'): DEL,
+    # the commit lost: nobody was told, and the complete's own undo goes first
+    ('attachments', 'attachment_complete', 'done'): DEL + ['GET /attachments/ATT'],
+    ('legacy', 'reserve', 'done'): UNRESERVE,
+    ('legacy', 'initialize_connection', 'started'): UNRESERVE,
+    ('legacy', 'initialize_connection', 'done'): TERMINATE + UNRESERVE,
+    ('legacy', 'driver_attach', 'started'): TERMINATE + UNRESERVE,
+    ('legacy', 'driver_attach', 'done'): TERMINATE + UNRESERVE,
+    ('legacy', 'attach', 'started'): TERMINATE + UNRESERVE,
+    ('legacy', 'attach', 'done'): ['POST /volumes/VOL/action:os-detach'] + TERMINATE +
+    UNRESERVE,
+})
+
+
+@pytest.mark.parametrize('case', sorted(LOST), ids=lambda c: '%s-%s-%s' % c)
+def test_a_record_lost_in_a_power_cut_is_undone_as_what_the_disk_holds(
+        case, conf, cloud, notifications):
+    flow, step, state = case
+    conf.set_override('attach_flow', flow, group='cinder')
+    list_as_cinder_would(cloud)
+    crash(conf, (step, state, 'lost'), volume_id=cloud.volume_id)
+    mark, notified = len(cloud.calls()), len(notifications())
+    assert recover(conf) == {'undone': 1}
+    assert calls_after(cloud, mark) == LOST[case]
+    published = notifications()[notified:]
+    assert [e for e, _, _, _ in published] == ['instance.volume_attach.error']
+    # the record was lost: recovery went by an earlier one
+    assert 'step %s (%s)' % (step, state) not in published[0][2]['fault']['message']
+    assert bool(cloud.att.get('deleted')) == bool(cloud.att['instance'])  # created: gone
+    assert not virt.load_driver(conf).get_attachments(INSTANCE['uuid'])
+    assert recover(conf) == {}
