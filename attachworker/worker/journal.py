@@ -213,10 +213,9 @@ class Journal(JournalQueries, OutboxStore, StepObserver):
         wait = (crash and not lost) or commit or bool(unsynced and unsynced[0]) or bool(
             decides and state == 'started')
         track: Optional[list] = None if wait else []
+        self._deferred.setdefault(op.id, []).append((step, state, now))
         with self._transaction(wait, track) as db:
-            rows = self._deferred.pop(op.id, [])
-            rows.append((step, state, now))
-            db.executemany(INSERT_STEP, [(op.id, op.id, s, st, at) for s, st, at in rows])
+            self._flush_deferred(db, op.id)
             if changed:  # the fields changed since the last record: written too
                 db.execute('UPDATE operations SET fields=? WHERE op_id=?',
                            (dumps(op.fields), op.id))

@@ -151,14 +151,7 @@ def test_a_failed_operation_undoes_only_once_its_ends_are_on_disk(journal, faili
     op._abort.set()
     with pytest.raises(exception.ShuttingDown):
         op.step('attachment_complete', lambda: None)
-    seen = []
-
-    class Compensator:
-        def run(self, name, args):
-            other = Journal(str(tmp_path), owner='3:1')
-            seen.append([(e['name'], e['state']) for e in other.stack(op.id)])
-            other.close()
-    op.undo(Compensator())
+    seen = stack_seen_by_another_process(tmp_path, op, owner='3:1')
     assert seen == [[('driver_detach', 'armed'), ('complete_attachment', 'armed')]]
     assert journal._unsynced == {}
 
@@ -195,14 +188,7 @@ def test_a_lost_end_is_written_again_from_memory_before_the_undo(journal, failin
     op._abort.set()
     with pytest.raises(exception.ShuttingDown):
         op.step('attachment_complete', lambda: None)
-    seen = []
-
-    class Compensator:
-        def run(self, name, args):
-            other = Journal(str(tmp_path), owner='4:1')
-            seen.append([(e['name'], e['state']) for e in other.stack(op.id)])
-            other.close()
-    op.undo(Compensator())
+    seen = stack_seen_by_another_process(tmp_path, op, owner='4:1')
     assert seen == [[('driver_detach', 'armed'), ('complete_attachment', 'armed')]]
 
 
@@ -240,6 +226,19 @@ def wait_committed(state_path, request_id, timeout=5.0):
             return record['last_step'], record['step_state']
         time.sleep(0.01)
 
+
+
+def stack_seen_by_another_process(tmp_path, op, owner):
+    """Undo op; as each undo runs, its stack as another process reads it."""
+    seen = []
+
+    class Compensator:
+        def run(self, name, args):
+            other = Journal(str(tmp_path), owner=owner)
+            seen.append([(e['name'], e['state']) for e in other.stack(op.id)])
+            other.close()
+    op.undo(Compensator())
+    return seen
 
 def test_deferred_ends_go_with_an_undo_record_and_new_fields_are_never_deferred(
         journal, tmp_path, failing_commit):
