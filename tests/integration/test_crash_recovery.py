@@ -22,7 +22,7 @@ STEPS = {
     'legacy': ['cinder_client', 'get_volume', 'check_attach', 'connector', 'reserve_device',
                'reserve', 'initialize_connection', 'driver_attach', 'attach'],
 }
-REPEAT = 3
+REPEAT = 2
 STUCK = {'reserved', 'attaching', 'error_attaching', 'detaching'}
 
 
