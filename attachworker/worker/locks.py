@@ -1,10 +1,16 @@
 """Locks shared by every attachworker process of a host, under ``state_path``.
 
-* ``instance_lock`` / ``volume_lock``: external locks (oslo.concurrency, a file
-  per name under ``state_path/locks``) taken by the pipeline, recovery and
-  ``attachworker-manage``. Two worker processes with one host name and state_path
-  (a rolling restart overlap, ``[worker] workers = N``) serialise on them as the
-  threads of one process do.
+* ``instance_lock`` / ``volume_lock``: locks of every process and thread of the host,
+  taken by the pipeline, recovery and ``attachworker-manage``. Two worker processes
+  with one host name and state_path (``[worker] workers = N``, a restart overlap)
+  serialise on them as the threads of one process do. Each name is one byte of a
+  single file, ``state_path/locks/names``, locked with an open file description lock
+  (``F_OFD_SETLKW``: held per open file, so two threads exclude each other as two
+  processes do; waiters sleep in the kernel; a killed holder's lock goes with its
+  file). oslo.concurrency's external locks create a file per name and never remove
+  it: one inode per volume and per instance ever seen, forever, and 1.4 ms of system
+  CPU per attach here (the volume's and often the instance's files are new).
+  The byte is a 62-bit hash of the name: two names share one with a chance of 2^-62.
 * ``OwnerLock``: each process holds an exclusive ``flock`` on a file named after
   its identity for as long as it lives. An owner is alive exactly while that lock
   is held: the kernel drops it when the process dies, kill -9 included, and a
@@ -12,29 +18,53 @@
 """
 import contextlib
 import fcntl
+import hashlib
 import os
+import struct
+from typing import ContextManager
 from typing import Iterator
 from typing import Optional
 
-from oslo_concurrency import lockutils
+NAMES = 'names'
 
 
 def lock_path(state_path: str) -> str:
     return os.path.join(state_path, 'locks')
 
 
-@contextlib.contextmanager
-def instance_lock(state_path: str, instance_uuid: str) -> Iterator[None]:
-    with lockutils.lock('instance-%s' % instance_uuid, external=True,
-                        lock_path=lock_path(state_path)):
-        yield
+def _byte(name: str) -> int:
+    digest = hashlib.blake2b(name.encode('utf-8', 'surrogatepass'), digest_size=8)
+    return int.from_bytes(digest.digest(), 'big') >> 2
+
+
+def _ofd(fd: int, kind: int, start: int) -> None:
+    # struct flock: l_type, l_whence, l_start, l_len, l_pid (0 for OFD locks)
+    fcntl.fcntl(fd, fcntl.F_OFD_SETLKW, struct.pack('hhqqi4x', kind, os.SEEK_SET,
+                                                    start, 1, 0))
 
 
 @contextlib.contextmanager
-def volume_lock(state_path: str, volume_id: str) -> Iterator[None]:
-    with lockutils.lock('volume-%s' % volume_id, external=True,
-                        lock_path=lock_path(state_path)):
+def named_lock(state_path: str, name: str) -> Iterator[None]:
+    """Exclusive across the threads and processes of the host, for ``name``."""
+    path = os.path.join(lock_path(state_path), NAMES)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except FileNotFoundError:
+        os.makedirs(lock_path(state_path), exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        _ofd(fd, fcntl.F_WRLCK, _byte(name))
         yield
+    finally:
+        os.close(fd)  # the lock goes with its open file description
+
+
+def instance_lock(state_path: str, instance_uuid: str) -> ContextManager[None]:
+    return named_lock(state_path, 'instance-%s' % instance_uuid)
+
+
+def volume_lock(state_path: str, volume_id: str) -> ContextManager[None]:
+    return named_lock(state_path, 'volume-%s' % volume_id)
 
 
 def process_identity(pid: Optional[int] = None) -> str:
