@@ -213,9 +213,8 @@ class Journal(JournalQueries, OutboxStore, StepObserver):
         wait = (crash and not lost) or commit or bool(unsynced and unsynced[0]) or bool(
             decides and state == 'started')
         track: Optional[list] = None if wait else []
-        self._deferred.setdefault(op.id, []).append((step, state, now))
         with self._transaction(wait, track) as db:
-            self._flush_deferred(db, op.id)
+            self._flush_deferred(db, op.id, (step, state, now))
             if changed:  # the fields changed since the last record: written too
                 db.execute('UPDATE operations SET fields=? WHERE op_id=?',
                            (dumps(op.fields), op.id))
@@ -249,9 +248,10 @@ class Journal(JournalQueries, OutboxStore, StepObserver):
             op.journalled_version = None
             raise exception.JournalError(reason=str(exc)) from exc
 
-    def _flush_deferred(self, db: sqlite3.Connection, op_id: str) -> None:
-        """Write op_id's deferred records (the caller holds a transaction)."""
-        rows = self._deferred.pop(op_id, None)
+    def _flush_deferred(self, db: sqlite3.Connection, op_id: str, *extra: tuple) -> None:
+        """Write op_id's deferred records, then ``extra`` ones (the caller holds a
+        transaction: a write refused before it began leaves the deferred ones kept)."""
+        rows = self._deferred.pop(op_id, []) + list(extra)
         if rows:
             db.executemany(INSERT_STEP, [(op_id, op_id, step, state, at)
                                          for step, state, at in rows])

@@ -25,6 +25,8 @@ from typing import ContextManager
 from typing import Iterator
 from typing import Optional
 
+from oslo_concurrency import lockutils
+
 NAMES = 'names'
 
 
@@ -45,18 +47,40 @@ def _ofd(fd: int, kind: int, start: int) -> None:
 
 @contextlib.contextmanager
 def named_lock(state_path: str, name: str) -> Iterator[None]:
-    """Exclusive across the threads and processes of the host, for ``name``."""
-    path = os.path.join(lock_path(state_path), NAMES)
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except FileNotFoundError:
-        os.makedirs(lock_path(state_path), exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        _ofd(fd, fcntl.F_WRLCK, _byte(name))
-        yield
-    finally:
-        os.close(fd)  # the lock goes with its open file description
+    """Exclusive across the threads and processes of the host, for ``name``.
+
+    The threads of one process queue first on oslo.concurrency's internal lock of
+    that name, in about the order they came (the kernel wakes the waiters of a byte
+    lock all at once, in no order), then take the byte."""
+    with lockutils.lock(name):
+        fd = _locked(os.path.join(lock_path(state_path), NAMES), _byte(name))
+        try:
+            yield
+        finally:
+            os.close(fd)  # the lock goes with its open file description
+
+
+def _locked(path: str, byte: int) -> int:
+    """A descriptor of ``path`` holding ``byte``'s lock; should the file have been
+    removed or replaced meanwhile, the lock is taken again on the one now there."""
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            continue
+        try:
+            _ofd(fd, fcntl.F_WRLCK, byte)
+            held = os.fstat(fd)
+            now = os.stat(path)
+            if (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino):
+                return fd
+        except FileNotFoundError:
+            pass
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
 
 
 def instance_lock(state_path: str, instance_uuid: str) -> ContextManager[None]:

@@ -6,6 +6,7 @@ import sys
 import threading
 
 from attachworker.worker import locks
+from tests.harness import wait_for
 
 HOLD = '''
 import sys, time
@@ -16,25 +17,73 @@ with locks.instance_lock(sys.argv[1], sys.argv[2]):
 '''
 
 
+class Taker(threading.Thread):
+    """Another thread taking ``instance``'s lock; ``got`` once it holds it."""
+
+    def __init__(self, state_path, instance):
+        super().__init__(daemon=True)
+        self.state_path, self.instance = state_path, instance
+        self.got = threading.Event()
+        self.error = None
+        self.start()
+
+    def run(self):
+        try:
+            with locks.instance_lock(self.state_path, self.instance):
+                self.got.set()
+        except BaseException as exc:  # noqa: BLE001 - asserted by the test
+            self.error = exc
+
+    def finished_holding(self, timeout=10):
+        self.join(timeout)
+        return self.got.is_set() and self.error is None
+
+
 def taken_within(state_path, instance, timeout):
     """Does another thread get ``instance``'s lock within ``timeout`` seconds?"""
-    got = threading.Event()
-
-    def take():
-        with locks.instance_lock(state_path, instance):
-            got.set()
-    thread = threading.Thread(target=take, daemon=True)
-    thread.start()
-    return got.wait(timeout), thread
+    taker = Taker(state_path, instance)
+    return taker.got.wait(timeout), taker
 
 
 def test_one_thread_at_a_time_holds_a_name(tmp_path):
     state = str(tmp_path)
     with locks.instance_lock(state, 'i-1'):
-        got, thread = taken_within(state, 'i-1', 0.3)
-        assert not got                       # the second thread waits...
-    thread.join(5)
-    assert not thread.is_alive()             # ...and has it once the first lets go
+        got, taker = taken_within(state, 'i-1', 0.3)
+        assert not got and taker.is_alive()  # the second thread waits...
+    assert taker.finished_holding()          # ...and has it once the first lets go
+
+
+def test_a_waiter_whose_file_was_removed_takes_the_lock_on_the_one_now_there(tmp_path):
+    """The lock file removed (a tmp cleaner, a hasty operator) while a process waits
+    on it: that process ends up holding the file now at the path, so that it and
+    every later taker still exclude each other."""
+    state = str(tmp_path)
+    path = os.path.join(locks.lock_path(state), locks.NAMES)
+    with locks.instance_lock(state, 'i-1'):
+        waiter = subprocess.Popen([sys.executable, '-c', HOLD, state, 'i-1'],
+                                  stdout=subprocess.PIPE, text=True)
+        assert wait_for(lambda: '-> OFDLCK' in open('/proc/locks').read(), 10)  # waits
+        os.unlink(path)
+    try:
+        assert waiter.stdout.readline().strip() == 'held'
+        got, taker = taken_within(state, 'i-1', 0.3)
+        assert not got and taker.is_alive()   # the waiter holds the file at the path
+        waiter.kill()
+        assert taker.finished_holding()
+    finally:
+        waiter.kill()
+        waiter.wait()
+
+
+def test_a_program_this_process_runs_inherits_no_lock(tmp_path):
+    state = str(tmp_path)
+    with locks.instance_lock(state, 'i-1'):
+        child = subprocess.Popen(['sleep', '30'], close_fds=False)
+    try:
+        assert taken_within(state, 'i-1', 5)[0]   # the exec'd child holds nothing
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_other_names_are_not_held_up(tmp_path):
@@ -52,12 +101,11 @@ def test_a_process_holding_a_name_excludes_this_one_until_it_is_killed(tmp_path)
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == 'held'
-        got, thread = taken_within(state, 'i-1', 0.3)
-        assert not got
+        got, taker = taken_within(state, 'i-1', 0.3)
+        assert not got and taker.is_alive()
         assert taken_within(state, 'i-2', 5)[0]
         holder.kill()                        # kill -9: the kernel lets go of it
-        thread.join(10)
-        assert not thread.is_alive()
+        assert taker.finished_holding()
     finally:
         holder.kill()
         holder.wait()

@@ -442,7 +442,8 @@ LOST = {(flow, step, state): [] for flow, steps in (('attachments', ATT_STEPS),
 LOST.update({
     # the create ran, its attachment id is lost: found by instance, as if no answer came
     ('attachments', 'attachment_create', 'done'): LOOKUP,
-    ('attachments', 'attachment_update', 'started'): LOOKUP,  # the owed end went too
+    # the create's end (the rearm) was owed: lost with the batch, or committed by then
+    ('attachments', 'attachment_update', 'started'): (LOOKUP, DEL),
     ('attachments', 'attachment_update', 'done'): DEL,
     ('attachments', 'driver_attach', 'started'): DEL,
     ('attachments', 'driver_attach', 'done'): DEL,
@@ -469,7 +470,9 @@ def test_a_record_lost_in_a_power_cut_is_undone_as_what_the_disk_holds(
     crash(conf, (step, state, 'lost'), volume_id=cloud.volume_id)
     mark, notified = len(cloud.calls()), len(notifications())
     assert recover(conf) == {'undone': 1}
-    assert calls_after(cloud, mark) == LOST[case]
+    expected = LOST[case]
+    assert calls_after(cloud, mark) in (expected if isinstance(expected, tuple) else
+                                        (expected,))
     published = notifications()[notified:]
     assert [e for e, _, _, _ in published] == ['instance.volume_attach.error']
     # the record was lost: recovery went by an earlier one
