@@ -287,3 +287,8 @@ class MultiattachNotSupported(AttachWorkerException):
 class MetricsUnavailable(AttachWorkerException):
     msg_fmt = ('Cannot serve Prometheus metrics on %(host)s port %(port)s: %(reason)s '
                '(see [metrics] host and port)')
+
+
+class LocksUnavailable(AttachWorkerException):
+    msg_fmt = ('The host locks under %(path)s cannot be taken (%(reason)s): they need '
+               'open file description locks (Linux 3.15 or later, a local filesystem)')

@@ -21,6 +21,7 @@ from attachworker.cinder import CinderAPI
 from attachworker.manager import ComputeManager
 from attachworker.notifications import Notifier
 from attachworker.worker import child_metrics
+from attachworker.worker import locks
 from attachworker.worker import service
 from attachworker.worker import slot
 from attachworker.worker import workers
@@ -48,6 +49,11 @@ def main() -> int:
     child = slot.child_of(os.environ)
     if child is not None:
         return _child(conf, *child)
+    try:
+        locks.probe(conf.state_path)
+    except exception.LocksUnavailable as exc:
+        LOG.error('%s', exc)
+        return 1
     count = conf.worker.workers
     if count > 1:  # the one consumer holds what every child's threads can take
         conf.set_default('rabbit_qos_prefetch_count', rpc.PREFETCH * count,

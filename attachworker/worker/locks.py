@@ -27,6 +27,8 @@ from typing import Optional
 
 from oslo_concurrency import lockutils
 
+from attachworker import exception
+
 NAMES = 'names'
 
 
@@ -81,6 +83,17 @@ def _locked(path: str, byte: int) -> int:
             os.close(fd)
             raise
         os.close(fd)
+
+
+def probe(state_path: str) -> None:
+    """Take and let go of a lock at start-up: LocksUnavailable, naming the file,
+    rather than a cast that fails after its acknowledgement."""
+    try:
+        with named_lock(state_path, 'probe'):
+            pass
+    except OSError as exc:
+        raise exception.LocksUnavailable(path=lock_path(state_path),
+                                         reason=exc.strerror or exc) from exc
 
 
 def instance_lock(state_path: str, instance_uuid: str) -> ContextManager[None]:

@@ -1,15 +1,22 @@
 """The host's named locks (attachworker.worker.locks): one name at a time across the
 threads and processes of the host, a killed holder's lock freed, no file per name."""
+import errno
 import os
 import subprocess
 import sys
 import threading
 
+import pytest
+
+from attachworker import exception
 from attachworker.worker import locks
 from tests.harness import wait_for
 
 HOLD = '''
 import sys, time
+import pytest
+
+from attachworker import exception
 from attachworker.worker import locks
 with locks.instance_lock(sys.argv[1], sys.argv[2]):
     print('held', flush=True)
@@ -135,3 +142,15 @@ def test_a_holder_that_raises_lets_go(tmp_path):
     except ValueError:
         pass
     assert taken_within(state, 'i-1', 5)[0]
+
+
+def test_locks_the_filesystem_cannot_take_are_named_at_start_up(tmp_path, monkeypatch):
+    locks.probe(str(tmp_path))   # here they can
+
+    def refused(fd, cmd, arg):
+        raise OSError(errno.EINVAL, 'Invalid argument')
+    monkeypatch.setattr(locks.fcntl, 'fcntl', refused)
+    with pytest.raises(exception.LocksUnavailable) as caught:
+        locks.probe(str(tmp_path))
+    assert locks.lock_path(str(tmp_path)) in str(caught.value)
+    assert 'Invalid argument' in str(caught.value)
