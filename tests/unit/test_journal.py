@@ -227,7 +227,6 @@ def wait_committed(state_path, request_id, timeout=5.0):
         time.sleep(0.01)
 
 
-
 def stack_seen_by_another_process(tmp_path, op, owner):
     """Undo op; as each undo runs, its stack as another process reads it."""
     seen = []
@@ -239,6 +238,7 @@ def stack_seen_by_another_process(tmp_path, op, owner):
             other.close()
     op.undo(Compensator())
     return seen
+
 
 def test_deferred_ends_go_with_an_undo_record_and_new_fields_are_never_deferred(
         journal, tmp_path, failing_commit):

@@ -52,6 +52,21 @@ def taken_within(state_path, instance, timeout):
     return taker.got.wait(timeout), taker
 
 
+def held_until_killed(state_path, holder):
+    """``holder`` (a process running HOLD) has i-1: this process's taker waits for it,
+    other names do not, and kill -9 of the holder lets the taker in."""
+    try:
+        assert holder.stdout.readline().strip() == 'held'
+        got, taker = taken_within(state_path, 'i-1', 0.3)
+        assert not got and taker.is_alive()
+        assert taken_within(state_path, 'i-2', 5)[0]
+        holder.kill()                        # kill -9: the kernel lets go of it
+        assert taker.finished_holding()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_one_thread_at_a_time_holds_a_name(tmp_path):
     state = str(tmp_path)
     with locks.instance_lock(state, 'i-1'):
@@ -71,15 +86,7 @@ def test_a_waiter_whose_file_was_removed_takes_the_lock_on_the_one_now_there(tmp
                                   stdout=subprocess.PIPE, text=True)
         assert wait_for(lambda: '-> OFDLCK' in open('/proc/locks').read(), 10)  # waits
         os.unlink(path)
-    try:
-        assert waiter.stdout.readline().strip() == 'held'
-        got, taker = taken_within(state, 'i-1', 0.3)
-        assert not got and taker.is_alive()   # the waiter holds the file at the path
-        waiter.kill()
-        assert taker.finished_holding()
-    finally:
-        waiter.kill()
-        waiter.wait()
+    held_until_killed(state, waiter)   # the waiter holds the file now at the path
 
 
 def test_a_program_this_process_runs_inherits_no_lock(tmp_path):
@@ -104,18 +111,8 @@ def test_other_names_are_not_held_up(tmp_path):
 
 def test_a_process_holding_a_name_excludes_this_one_until_it_is_killed(tmp_path):
     state = str(tmp_path)
-    holder = subprocess.Popen([sys.executable, '-c', HOLD, state, 'i-1'],
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == 'held'
-        got, taker = taken_within(state, 'i-1', 0.3)
-        assert not got and taker.is_alive()
-        assert taken_within(state, 'i-2', 5)[0]
-        holder.kill()                        # kill -9: the kernel lets go of it
-        assert taker.finished_holding()
-    finally:
-        holder.kill()
-        holder.wait()
+    held_until_killed(state, subprocess.Popen([sys.executable, '-c', HOLD, state, 'i-1'],
+                                              stdout=subprocess.PIPE, text=True))
 
 
 def test_names_leave_no_file_behind(tmp_path):

@@ -423,7 +423,6 @@ def test_own_only_retries_this_processs_failed_undos_and_nothing_else(conf, clou
         journal.close()
 
 
-
 def list_as_cinder_would(cloud):
     """GET /attachments?volume_id= lists the attachment once created, until deleted."""
     cloud.m.get('%s/attachments' % cloud.base, json=lambda r, c: {'attachments': [
