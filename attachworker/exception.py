@@ -290,5 +290,6 @@ class MetricsUnavailable(AttachWorkerException):
 
 
 class LocksUnavailable(AttachWorkerException):
-    msg_fmt = ('The host locks under %(path)s cannot be taken (%(reason)s): they need '
-               'open file description locks (Linux 3.15 or later, a local filesystem)')
+    msg_fmt = ('The host locks under %(path)s cannot be taken: %(reason)s (they need a '
+               'writable local filesystem with open file description locks, Linux 3.15 '
+               'or later)')

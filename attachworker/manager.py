@@ -13,6 +13,7 @@ Every operation ends with exactly one outcome notification: ``.end``, or ``.erro
 after undoing what was done, naming the step that failed. Nothing raises out of
 an endpoint method: the worker goes on to the next cast.
 """
+import contextlib
 import threading
 from typing import Any
 from typing import Callable
@@ -178,9 +179,16 @@ class ComputeManager:
             self._outcomes.finish(ctxt, op, 'failed', invalid)
             return op
         self._outbox.send(op.start_outbox, ctxt, action, 'start', None, payload)
-        with metrics.IN_FLIGHT.labels(action).track_inprogress(), \
-                locks.instance_lock(self._conf.state_path, req.instance_uuid), \
-                locks.volume_lock(self._conf.state_path, req.volume_id):
+        held = contextlib.ExitStack()
+        try:
+            held.enter_context(locks.instance_and_volume(
+                self._conf.state_path, req.instance_uuid, req.volume_id))
+        except exception.LocksUnavailable as exc:
+            # acknowledged and journalled, so it ends now: no step ran, and the undos
+            # armed (the controller's reservation) keep their rules without the locks
+            self._failed(ctxt, op, exc)
+            return op
+        with held, metrics.IN_FLIGHT.labels(action).track_inprogress():
             try:
                 pipeline(ctxt, req, op)
             except Exception as exc:  # noqa: BLE001 - every cast ends with an outcome

@@ -55,11 +55,31 @@ def named_lock(state_path: str, name: str) -> Iterator[None]:
     that name, in about the order they came (the kernel wakes the waiters of a byte
     lock all at once, in no order), then take the byte."""
     with lockutils.lock(name):
-        fd = _locked(os.path.join(lock_path(state_path), NAMES), _byte(name))
+        fd = _taken(state_path, name)
         try:
             yield
         finally:
             os.close(fd)  # the lock goes with its open file description
+
+
+def _taken(state_path: str, name: str) -> int:
+    """The one place an error taking a lock (EMFILE, ENOLCK, ENOSPC, a filesystem
+    without OFD locks...) becomes LocksUnavailable, naming the directory."""
+    try:
+        return _locked(os.path.join(lock_path(state_path), NAMES), _byte(name))
+    except OSError as exc:
+        raise exception.LocksUnavailable(path=lock_path(state_path),
+                                         reason=exc.strerror or exc) from exc
+
+
+@contextlib.contextmanager
+def instance_and_volume(state_path: str, instance_uuid: Optional[str],
+                        volume_id: Optional[str]) -> Iterator[None]:
+    """The two locks of an operation, always in this order (the instance's, then the
+    volume's), so that no two holders of one each wait on the other."""
+    with instance_lock(state_path, instance_uuid or 'none'), \
+            volume_lock(state_path, volume_id or 'none'):
+        yield
 
 
 def _locked(path: str, byte: int) -> int:
@@ -87,13 +107,9 @@ def _locked(path: str, byte: int) -> int:
 
 def probe(state_path: str) -> None:
     """Take and let go of a lock at start-up: LocksUnavailable, naming the file,
-    rather than a cast that fails after its acknowledgement."""
-    try:
-        with named_lock(state_path, 'probe'):
-            pass
-    except OSError as exc:
-        raise exception.LocksUnavailable(path=lock_path(state_path),
-                                         reason=exc.strerror or exc) from exc
+    rather than casts that fail after their acknowledgement."""
+    with named_lock(state_path, 'probe'):
+        pass
 
 
 def instance_lock(state_path: str, instance_uuid: str) -> ContextManager[None]:

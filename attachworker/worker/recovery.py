@@ -77,10 +77,9 @@ class Recovery:
                 if not self._journal.claim(record['op_id'], record['owner'],
                                            record['state']):
                     continue
-                with locks.instance_lock(self._conf.state_path,
-                                         fields.get('instance_uuid') or 'none'), \
-                        locks.volume_lock(self._conf.state_path,
-                                          fields.get('volume_id') or 'none'):
+                with locks.instance_and_volume(self._conf.state_path,
+                                               fields.get('instance_uuid'),
+                                               fields.get('volume_id')):
                     outcome = self.resolve(self._journal.get(record['op_id']) or record)
             except Exception:  # noqa: BLE001 - one operation must not stop the round
                 LOG.exception('Recovery of %s failed; it is retried at the next round',

@@ -87,7 +87,8 @@ class CinderMock:
         return {'volume': self.volume}
 
     def _created(self, request, context):
-        self.att['instance'] = request.json()['attachment'].get('instance_uuid')
+        self.att.update(instance=request.json()['attachment'].get('instance_uuid'),
+                        status='reserved', deleted=False)
         return {'attachment': self._attachment()}
 
     def _shown(self, request, context):
@@ -98,6 +99,8 @@ class CinderMock:
 
     def _deleted(self, request, context):
         self.att['deleted'] = True
+        if self.volume['status'] in ('reserved', 'attaching'):  # as Cinder: free again
+            self.volume['status'] = 'available'
         return {}
 
     def _completed(self, request, context):
