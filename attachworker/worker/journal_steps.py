@@ -26,7 +26,9 @@ that step state (that record waited for, so it is on disk), as a power cut would
 With ``<step>:<state>:lost`` it dies as a power cut just before that record's fsync
 would: inside its batch, holding the connection, so that the record and the rest of
 the open batch are never committed (what earlier COMMITs fsynced stays). A record
-that does not wait has then been acted on (the step ran) and is lost all the same.
+that does not wait is lost at the worst point of its window: an end after its step
+acted; a start after its step acted too (it is not written, and the process dies at
+the operation's next record, inside that record's batch).
 """
 import os
 import signal
@@ -53,6 +55,7 @@ class StepRecords(StepObserver):
 
     def _init_records(self) -> None:
         self._crash_at = os.environ.get(CRASH_ENV)
+        self._lost_start: Optional[str] = None  # the op whose start the hook lost
         #: op id -> [(step, 'done', at)]: ends of steps that no decision of recovery
         #: needs, written in that operation's next write (the next step's start: no
         #: lock, no SAVEPOINT of their own); an operation is run by one thread at a
@@ -74,6 +77,9 @@ class StepRecords(StepObserver):
                 commit: bool = False) -> None:
         """The one rule of when a record waits (see the module docstring).
         ``decides(db)``: what the record arms, rearms, drops or commits."""
+        if self._lost_start == op.id:  # its start was lost, and its step has acted
+            with self._transaction(False, []):
+                self._die()  # inside the batch this record would join: lost too
         now = time.time()
         point = '%s:%s' % (step, state)
         crash = self._crash_at in (point, point + ':lost')
@@ -87,6 +93,11 @@ class StepRecords(StepObserver):
         unsynced = self._unsynced.get(op.id)  # [owes a decision, batches not waited for]
         wait = (crash and not lost) or commit or bool(unsynced and unsynced[0]) or bool(
             decides and state == 'started')
+        if lost and not wait and state == 'started':
+            # lost at the worst point of its window: after its step acted. Not written,
+            # nor is anything the operation still owed; the next record dies instead
+            self._lost_start = op.id
+            return
         track: Optional[list] = None if wait else []
         with self._transaction(wait, track) as db:
             self._flush_deferred(db, op.id, (step, state, now))

@@ -22,6 +22,7 @@ from attachworker.worker.outbox import Outbox
 from attachworker.worker.recovery import Recovery
 from tests.unit.conftest import CINDER
 from tests.unit.conftest import CinderMock
+from tests.unit.test_attach_pipeline import FAILURES
 from tests.unit.test_cinder_auth import KEYSTONE
 from tests.unit.test_cinder_auth import SERVICE_PROJECT
 from tests.unit.test_cinder_auth import keystone_token
@@ -476,6 +477,59 @@ def test_a_record_lost_in_a_power_cut_is_undone_as_what_the_disk_holds(
     assert [e for e, _, _, _ in published] == ['instance.volume_attach.error']
     # the record was lost: recovery went by an earlier one
     assert 'step %s (%s)' % (step, state) not in published[0][2]['fault']['message']
+    assert bool(cloud.att.get('deleted')) == bool(cloud.att['instance'])  # created: gone
+    assert not virt.load_driver(conf).get_attachments(INSTANCE['uuid'])
+    assert recover(conf) == {}
+
+
+CONTROLLER_STEPS = ['cinder_client', 'check_reservation', 'get_volume', 'check_attach',
+                    'connector', 'reserve_device', 'attachment_update', 'driver_attach',
+                    'attachment_complete']
+
+
+@pytest.mark.parametrize('step', CONTROLLER_STEPS)
+@pytest.mark.parametrize('state', ['started', 'done'])
+def test_a_power_cut_never_leaves_a_controller_reservation_behind(
+        step, state, conf, cloud, notifications):
+    """A controller-made attachment, a record lost at every boundary: whatever the disk
+    kept (a start that did not wait is lost after its step acted), recovery releases
+    the reservation, the host holds nothing and one .error names an earlier boundary."""
+    cloud.reserve_for(INSTANCE['uuid'])
+    list_as_cinder_would(cloud)
+    crash(conf, (step, state, 'lost'), volume_id=cloud.volume_id,
+          attachment_id=cloud.attachment_id)
+    acted = cloud.calls()
+    notified = len(notifications())
+    assert recover(conf) == {'undone': 1}
+    if CONTROLLER_STEPS.index(step) >= CONTROLLER_STEPS.index('attachment_update'):
+        # its start does not wait: lost, it is lost after the update ran
+        assert 'PUT /attachments/ATT' in acted
+    assert cloud.att.get('deleted') and cloud.volume['status'] == 'available'
+    published = notifications()[notified:]
+    assert [e for e, _, _, _ in published] == ['instance.volume_attach.error']
+    assert 'step %s (%s)' % (step, state) not in published[0][2]['fault']['message']
+    assert not virt.load_driver(conf).get_attachments(INSTANCE['uuid'])
+    assert not virt.load_driver(conf).reservations()
+    assert recover(conf) == {}
+
+
+@pytest.mark.parametrize('case', sorted(FAILURES))
+def test_a_power_cut_that_loses_a_failure_is_undone_as_what_the_disk_holds(
+        case, conf, cloud, notifications):
+    """A step failed, and its failure record (which may drop an undo: a definite
+    refusal) never reached the disk: recovery replays the stack as the disk has it,
+    so an undo the failure dropped runs anyway, harmlessly, and nothing is left."""
+    flow, method, suffix, action, status, _, step, _ = FAILURES[case]
+    conf.set_override('attach_flow', flow, group='cinder')
+    list_as_cinder_would(cloud)
+    cloud.fail(method, suffix.replace('VOL', cloud.volume_id).replace(
+        'ATT', cloud.attachment_id), status, action)
+    crash(conf, (step, 'failed', 'lost'), volume_id=cloud.volume_id)
+    notified = len(notifications())
+    assert recover(conf) == {'undone': 1}
+    published = notifications()[notified:]
+    assert [e for e, _, _, _ in published] == ['instance.volume_attach.error']
+    assert '(failed)' not in published[0][2]['fault']['message']  # the record was lost
     assert bool(cloud.att.get('deleted')) == bool(cloud.att['instance'])  # created: gone
     assert not virt.load_driver(conf).get_attachments(INSTANCE['uuid'])
     assert recover(conf) == {}
