@@ -2,9 +2,8 @@
 a controller-made attachment, a duplicate cast of a completed attach, and detach.
 
 As in test_crash_recovery: the worker kills itself right after journalling the
-boundary (ATTACHWORKER_TEST_CRASH_AT; the controller-made attachment and detach also
-as a power cut would, losing the boundary's record: <step>:<state>:lost), the next
-start recovers it. Afterwards every
+boundary (ATTACHWORKER_TEST_CRASH_AT), and again as a power cut would, losing the
+boundary's record (<step>:<state>:lost); the next start recovers it. Afterwards every
 cast has exactly one terminal notification and Cinder agrees with it; no volume is
 stuck, no live attachment was deleted.
 """
@@ -90,6 +89,7 @@ def test_kill_9_during_a_duplicate_cast_keeps_the_live_attachment(make_worker, c
     worker = make_worker()
     ctl = controller(worker)
     points = boundaries(DUPLICATE_STEPS)
+    points += [point + ':lost' for point in points]  # a power cut loses the record
     demo = cinder_for(sessions['demo'])
     live = {}
     for volume_id in volumes.make(len(points)):  # attached for real first

@@ -247,9 +247,16 @@ def test_live_workers_operations_are_left_alone(conf, cloud, notifications):
     assert recover(conf) == {'undone': 1}
 
 
-def test_a_duplicate_cast_of_a_live_attachment_never_deletes_it(conf, cloud, notifications):
-    """Finding 1: a duplicate carrying the attachment_id of a completed attach,
-    killed after get_volume started: recovery must keep the live attachment."""
+@pytest.mark.parametrize('crash_at', [
+    (step, state) + mode for step in ('cinder_client', 'check_reservation', 'get_volume',
+                                      'duplicate')
+    for state in ('started', 'done') for mode in ((), ('lost',))],
+    ids=':'.join)
+def test_a_duplicate_cast_of_a_live_attachment_never_deletes_it(crash_at, conf, cloud,
+                                                                 notifications):
+    """Finding 1: a duplicate carrying the attachment_id of a completed attach, killed
+    at any of its boundaries, or its record lost there in a power cut: recovery must
+    keep the live attachment."""
     cloud.reserve_for(INSTANCE['uuid'])
     ComputeManager(conf, CinderAPI(conf), virt.load_driver(conf),
                    Outbox(Journal(conf.state_path, owner='1:1'), notifier(conf)),
@@ -259,11 +266,11 @@ def test_a_duplicate_cast_of_a_live_attachment_never_deletes_it(conf, cloud, not
     cloud.volume.update(status='in-use', attachments=[{
         'server_id': INSTANCE['uuid'], 'attachment_id': cloud.attachment_id,
         'device': '/dev/vdb'}])
-    crash(conf, ('get_volume', 'started'), volume_id=cloud.volume_id,
-          attachment_id=cloud.attachment_id)
+    crash(conf, crash_at, volume_id=cloud.volume_id, attachment_id=cloud.attachment_id)
     mark = len(cloud.calls())
-    recover(conf)
+    assert len(recover(conf)) == 1  # it got its one outcome
     assert 'DELETE /attachments/ATT' not in cloud.calls()[mark:]
+    assert not cloud.att.get('deleted') and cloud.att['status'] == 'attached'
     assert virt.load_driver(conf).get_attachments(INSTANCE['uuid'])
 
 
