@@ -290,6 +290,6 @@ class MetricsUnavailable(AttachWorkerException):
 
 
 class LocksUnavailable(AttachWorkerException):
-    msg_fmt = ('The host locks under %(path)s cannot be taken: %(reason)s (they need a '
-               'writable local filesystem with open file description locks, Linux 3.15 '
-               'or later)')
+    msg_fmt = ('The host locks under %(path)s cannot be taken: %(reason)s (each lock '
+               'needs a free file descriptor, and the directory a writable local '
+               'filesystem with open file description locks: Linux 3.15 or later)')

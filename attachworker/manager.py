@@ -47,6 +47,17 @@ EXTEND = 'volume_extend'
 REFRESH = 'volume_refresh'
 
 
+class _Refused:
+    """A compensator for an operation whose locks were refused: no undo runs without
+    them, each is recorded failed (``exc``) for the periodic round to run."""
+
+    def __init__(self, exc: Exception) -> None:
+        self._exc = exc
+
+    def run(self, name: str, args: dict) -> None:
+        raise self._exc
+
+
 class ComputeManager:
     """Serves topic ``compute`` for one host. Collaborators are injected."""
 
@@ -141,8 +152,9 @@ class ComputeManager:
              pipeline: Callable[[Any, Any, Operation], None]) -> Optional[Operation]:
         """Validate, journal (then ack), notify ``.start``, run ``pipeline`` under the
         locks, and end with exactly one ``.end`` or ``.error`` (after the undos, still
-        under the locks: nothing of this instance or volume runs in between). The
-        operation, or None when it was not run (stopping, or a cast delivered again)."""
+        under the locks: nothing of this instance or volume runs in between; locks that
+        cannot be taken leave the undos to the periodic round). The operation, or None
+        when it was not run (stopping, or a cast delivered again)."""
         ctxt.update_store()  # log lines carry the cast's request id
         delivery = aw_delivery.current()
         if self.abort.is_set():
@@ -184,9 +196,12 @@ class ComputeManager:
             held.enter_context(locks.instance_and_volume(
                 self._conf.state_path, req.instance_uuid, req.volume_id))
         except exception.LocksUnavailable as exc:
-            # acknowledged and journalled, so it ends now: no step ran, and the undos
-            # armed (the controller's reservation) keep their rules without the locks
-            self._failed(ctxt, op, exc)
+            # acknowledged and journalled, so it ends now (no step ran); but its undos
+            # (the controller's reservation) must not run unlocked, beside a process
+            # that holds the locks: each is recorded failed, and the periodic round
+            # runs it under the locks (attachworker.worker.recovery), no second .error
+            op.current_step = 'locks'
+            self._failed(ctxt, op, exc, _Refused(exc))
             return op
         with held, metrics.IN_FLIGHT.labels(action).track_inprogress():
             try:
@@ -202,11 +217,12 @@ class ComputeManager:
             self._outcomes.finish(ctxt, op, 'completed')
         return op
 
-    def _failed(self, ctxt: Any, op: Operation, exc: Exception) -> None:
+    def _failed(self, ctxt: Any, op: Operation, exc: Exception,
+                compensator: Any = None) -> None:
         if getattr(exc, 'touch_nothing', False):
             self._outcomes.finish(ctxt, op, 'failed', exc)
             return
-        undo_failed, finished = op.undo(self._compensator(ctxt))
+        undo_failed, finished = op.undo(compensator or self._compensator(ctxt))
         if finished:
             self._outcomes.finish(ctxt, op, 'completed')
         else:
@@ -226,7 +242,7 @@ class ComputeManager:
         """A reservation the controller made is released if anything later fails.
 
         Armed with the cast's own record, before any step: a kill at any point
-        releases it. The undo itself checks the attachment is this cast's
+        releases it. The undo, run under the operation's locks, checks it is this cast's
         (attachworker.worker.undo), so a mismatched or live attachment is never touched.
         """
         attachment_id = getattr(req, 'attachment_id', None)

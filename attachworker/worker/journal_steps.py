@@ -30,6 +30,7 @@ that does not wait is lost at the worst point of its window: an end after its st
 acted; a start after its step acted too (it is not written, and the process dies at
 the operation's next record, inside that record's batch).
 """
+import contextlib
 import os
 import signal
 import sqlite3
@@ -51,7 +52,8 @@ INSERT_STEP = ('INSERT INTO steps (op_id, seq, step, state, at) VALUES '
 
 
 class StepRecords(StepObserver):
-    """Mixed into the Journal: uses its ``_transaction`` and ``_group``."""
+    """Mixed into the Journal: uses its ``_transaction`` and ``_group``; the Journal's
+    ``begin`` and ``finish`` use its ``_arm``, ``_flush_deferred`` and ``_unsynced``."""
 
     def _init_records(self) -> None:
         self._crash_at = os.environ.get(CRASH_ENV)
@@ -78,8 +80,10 @@ class StepRecords(StepObserver):
         """The one rule of when a record waits (see the module docstring).
         ``decides(db)``: what the record arms, rearms, drops or commits."""
         if self._lost_start == op.id:  # its start was lost, and its step has acted
-            with self._transaction(False, []):
-                self._die()  # inside the batch this record would join: lost too
+            with contextlib.suppress(exception.JournalError):
+                with self._transaction(False, []):
+                    self._die()  # inside the batch this record would join: lost too
+            self._die()
         now = time.time()
         point = '%s:%s' % (step, state)
         crash = self._crash_at in (point, point + ':lost')
@@ -93,7 +97,7 @@ class StepRecords(StepObserver):
         unsynced = self._unsynced.get(op.id)  # [owes a decision, batches not waited for]
         wait = (crash and not lost) or commit or bool(unsynced and unsynced[0]) or bool(
             decides and state == 'started')
-        if lost and not wait and state == 'started':
+        if lost and not wait and state == 'started' and self._lost_start is None:
             # lost at the worst point of its window: after its step acted. Not written,
             # nor is anything the operation still owed; the next record dies instead
             self._lost_start = op.id

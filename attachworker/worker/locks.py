@@ -106,7 +106,7 @@ def _locked(path: str, byte: int) -> int:
 
 
 def probe(state_path: str) -> None:
-    """Take and let go of a lock at start-up: LocksUnavailable, naming the file,
+    """Take and let go of a lock at start-up: LocksUnavailable, naming the directory,
     rather than casts that fail after their acknowledgement."""
     with named_lock(state_path, 'probe'):
         pass

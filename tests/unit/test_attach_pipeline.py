@@ -5,14 +5,10 @@ the failure, then the undo calls and nothing else; and that the ``.error`` names
 the failing step.
 """
 import contextlib
-import errno
-import fcntl
 
 import pytest
 
-from attachworker import exception
 from attachworker import virt
-from attachworker.worker import locks
 from tests.unit.conftest import CinderMock
 
 INSTANCE = {'uuid': '8f0e3c4a-5b6d-4e7f-8a9b-0c1d2e3f4a5b', 'project_id': 'p1',
@@ -198,43 +194,6 @@ def test_controller_reservation_is_used_and_released_on_failure(make_manager, ci
                                    'PUT /attachments/ATT',
                                    'GET /attachments/ATT', 'DELETE /attachments/ATT']
     assert outcome(notifications)[2]['attachment_id'] == cinder_mock.attachment_id
-
-
-def test_locks_that_cannot_be_taken_end_the_cast_and_release_the_reservation(
-        make_manager, cinder_mock, ctxt, notifications, journal, conf, monkeypatch):
-    """After the ack, a lock the kernel refuses (ENOLCK, EMFILE...) is a failed cast:
-    nothing of the pipeline runs, the controller's reservation is released, one
-    .error names the lock directory and the reason, and the next cast runs."""
-    real, refused = fcntl.fcntl, []
-
-    def no_locks(fd, cmd, arg=0):
-        if cmd == fcntl.F_OFD_SETLKW:
-            refused.append(fd)
-            raise OSError(errno.ENOLCK, 'No locks available')
-        return real(fd, cmd, arg)
-    cinder_mock.reserve_for(INSTANCE['uuid'])
-    manager = make_manager()
-    monkeypatch.setattr(locks.fcntl, 'fcntl', no_locks)
-    manager.attach_volume(ctxt, INSTANCE, cinder_mock.volume_id, '/dev/vdb',
-                          attachment_id=cinder_mock.attachment_id)
-    assert refused
-    assert cinder_mock.calls() == ['GET /attachments/ATT', 'DELETE /attachments/ATT']
-    assert [e for e, _, _, _ in notifications()] == ['instance.volume_attach.start',
-                                                     'instance.volume_attach.error']
-    fault = outcome(notifications)[2]['fault']
-    assert fault['exception'] == 'LocksUnavailable'
-    assert locks.lock_path(conf.state_path) in fault['message']
-    assert 'No locks available' in fault['message']
-    assert journal.get(ctxt.request_id)['state'] == 'undone'
-    assert virt.load_driver(conf).get_attachments(INSTANCE['uuid']) == []
-    # a call that needs the instance's lock is refused by name, not with an OSError
-    with pytest.raises(exception.LocksUnavailable):
-        manager.reserve_block_device_name(ctxt, INSTANCE, cinder_mock.volume_id)
-    # nothing was left held: with the kernel's locks back, the next cast runs
-    monkeypatch.setattr(locks.fcntl, 'fcntl', real)
-    ctxt.request_id = 'req-after-the-refusal'
-    manager.attach_volume(ctxt, INSTANCE, cinder_mock.volume_id, '/dev/vdb')
-    assert outcome(notifications)[0] == 'instance.volume_attach.end'
 
 
 def test_attachments_flow_hands_the_driver_nested_connection_info(make_manager, cinder_mock,
