@@ -26,6 +26,16 @@ def list_as_cinder_would(cloud):  # noqa: F811
         else []})
 
 
+def undone_by_an_earlier_record(conf, notifications, notified, lost):
+    """One .error, naming a boundary before the one lost (``lost``: how the fault
+    would name it); the host holds nothing; nothing is left for another round."""
+    published = notifications()[notified:]
+    assert [e for e, _, _, _ in published] == ['instance.volume_attach.error']
+    assert lost not in published[0][2]['fault']['message']
+    assert not virt.load_driver(conf).get_attachments(INSTANCE['uuid'])
+    assert recover(conf) == {}
+
+
 #: (flow, step, state) -> the Cinder calls of the recovery after a power cut just
 #: before that record's fsync (ATTACHWORKER_TEST_CRASH_AT=<step>:<state>:lost): the
 #: record is lost, and with it the open batch (an end the operation still owed); a
@@ -68,13 +78,9 @@ def test_a_record_lost_in_a_power_cut_is_undone_as_what_the_disk_holds(
     expected = LOST[case]
     assert calls_after(cloud, mark) in (expected if isinstance(expected, tuple) else
                                         (expected,))
-    published = notifications()[notified:]
-    assert [e for e, _, _, _ in published] == ['instance.volume_attach.error']
-    # the record was lost: recovery went by an earlier one
-    assert 'step %s (%s)' % (step, state) not in published[0][2]['fault']['message']
     assert bool(cloud.att.get('deleted')) == bool(cloud.att['instance'])  # created: gone
-    assert not virt.load_driver(conf).get_attachments(INSTANCE['uuid'])
-    assert recover(conf) == {}
+    # the record was lost: recovery went by an earlier one
+    undone_by_an_earlier_record(conf, notifications, notified, 'step %s (%s)' % case[1:])
 
 
 CONTROLLER_STEPS = ['cinder_client', 'check_reservation', 'get_volume', 'check_attach',
@@ -101,12 +107,8 @@ def test_a_power_cut_never_leaves_a_controller_reservation_behind(
     after = CONTROLLER_STEPS.index(step) >= CONTROLLER_STEPS.index('attachment_update')
     assert ('PUT /attachments/ATT' in acted) == after
     assert cloud.att.get('deleted') and cloud.volume['status'] == 'available'
-    published = notifications()[notified:]
-    assert [e for e, _, _, _ in published] == ['instance.volume_attach.error']
-    assert 'step %s (%s)' % (step, state) not in published[0][2]['fault']['message']
-    assert not virt.load_driver(conf).get_attachments(INSTANCE['uuid'])
     assert not virt.load_driver(conf).reservations()
-    assert recover(conf) == {}
+    undone_by_an_earlier_record(conf, notifications, notified, 'step %s (%s)' % (step, state))
 
 
 @pytest.mark.parametrize('case', sorted(FAILURES))
@@ -123,9 +125,5 @@ def test_a_power_cut_that_loses_a_failure_is_undone_as_what_the_disk_holds(
     crash(conf, (step, 'failed', 'lost'), volume_id=cloud.volume_id)
     notified = len(notifications())
     assert recover(conf) == {'undone': 1}
-    published = notifications()[notified:]
-    assert [e for e, _, _, _ in published] == ['instance.volume_attach.error']
-    assert '(failed)' not in published[0][2]['fault']['message']  # the record was lost
     assert bool(cloud.att.get('deleted')) == bool(cloud.att['instance'])  # created: gone
-    assert not virt.load_driver(conf).get_attachments(INSTANCE['uuid'])
-    assert recover(conf) == {}
+    undone_by_an_earlier_record(conf, notifications, notified, '(failed)')
