@@ -26,7 +26,8 @@ def test_start_in_foreground_writes_the_pid_file_and_detaches(tmp_path, marker):
     pid = daemons.start(['bash', '-c', SLEEP_AS_MARKER, marker], pidfile, marker, log)
     assert daemons.read_pidfile(pidfile) == pid
     assert daemons.running(pidfile, marker) == pid
-    assert daemons.cmdline(pid) == [marker, '300']
+    # start returns once the marker shows: bash's own argv carries it before the exec
+    assert wait_for(lambda: daemons.cmdline(pid) == [marker, '300'])
     assert os.getsid(pid) == pid   # its own session: a Ctrl-C of the caller spares it
     assert 'exec -a' in pathlib.Path(log).read_text()   # the header line names the command
 
@@ -41,7 +42,8 @@ def test_start_of_a_self_daemonizing_program_reads_its_pid_file(tmp_path, marker
     script = '(%s) </dev/null >/dev/null 2>&1 & echo $! > "$1"' % SLEEP_AS_MARKER
     pid = daemons.start(['bash', '-c', script, marker, pidfile], pidfile, marker, log,
                         daemonizes=True)
-    assert daemons.cmdline(pid) == [marker, '300']
+    # start returns once the marker shows: bash's own argv carries it before the exec
+    assert wait_for(lambda: daemons.cmdline(pid) == [marker, '300'])
     assert daemons.running(pidfile, marker) == pid
 
 

@@ -44,7 +44,8 @@ def test_start_detaches_writes_the_pid_file_and_running_finds_it(tmp_path, marke
     assert r.returncode == 0, r.stderr
     pid = int(r.stdout)
     assert pidfile.read_text() == '%d\n' % pid
-    assert daemons.cmdline(pid) == [marker, '300']
+    # start returns once the marker shows: bash's own argv carries it before the exec
+    assert wait_for(lambda: daemons.cmdline(pid) == [marker, '300'])
     assert os.getsid(pid) == pid          # its own session, and the PID of that process
     assert 'exec -a' in log.read_text()   # a header line names the command
 
