@@ -83,9 +83,10 @@ def test_descendants_include_grandchildren(tmp_path, marker):
     script = 'bash -c "sleep 301 & wait" & sleep 302 & wait'
     pid = daemons.start(['bash', '-c', script, marker], str(tmp_path / 'd.pid'), marker,
                         str(tmp_path / 'd.log'))
-    assert wait_for(lambda: len(daemons.descendants(pid)) == 3)
-    argvs = sorted(' '.join(daemons.cmdline(p) or ['gone']) for p in daemons.descendants(pid))
-    assert argvs == ['bash -c sleep 301 & wait', 'sleep 301', 'sleep 302']
+    # a forked child shows its parent's argv until it execs: wait for the execs
+    assert wait_for(lambda: sorted(' '.join(daemons.cmdline(p) or ['gone'])
+                                   for p in daemons.descendants(pid)) ==
+                    ['bash -c sleep 301 & wait', 'sleep 301', 'sleep 302'])
     for p in daemons.descendants(pid):
         os.kill(p, signal.SIGKILL)
     os.kill(pid, signal.SIGKILL)
@@ -120,6 +121,8 @@ def test_stop_kills_what_ignores_term_after_the_timeout(tmp_path, marker):
     script = 'trap "" TERM; ' + SLEEP_AS_MARKER
     pid = daemons.start(['bash', '-c', script, marker], str(tmp_path / 'd.pid'), marker,
                         str(tmp_path / 'd.log'))
+    # the trap is set once the sleep runs (a TERM before it would kill bash itself)
+    assert wait_for(lambda: daemons.cmdline(pid) == [marker, '300'])
     lines = []
     t0 = time.monotonic()
     assert daemons.stop([pid], marker, 'stubborn', timeout=0.6, log=lines.append) == 'killed'

@@ -170,6 +170,8 @@ def test_stop_kills_what_ignores_sigterm(tmp_path, marker):
     r = cli('start', str(pidfile), '--log', str(tmp_path / 'd.log'), '--', 'bash', '-c',
             'trap "" TERM; ' + SLEEP_AS_MARKER, marker, marker=marker)   # SIG_IGN survives exec
     pid = int(r.stdout)
+    # the trap is set once the sleep runs (a TERM before it would kill bash itself)
+    assert wait_for(lambda: daemons.cmdline(pid) == [marker, '300'])
     t0 = time.monotonic()
     r = cli('stop', str(pidfile), '--label', 'stubborn', '--timeout', '1', marker=marker)
     assert time.monotonic() - t0 >= 1
