@@ -14,6 +14,7 @@ import pytest
 
 from tests.unit.tools.toollib import SLEEP_AS_MARKER
 from tests.unit.tools.toollib import daemons
+from tests.unit.tools.toollib import slept_as_marker
 from tests.unit.tools.toollib import wait_for
 
 
@@ -26,8 +27,7 @@ def test_start_in_foreground_writes_the_pid_file_and_detaches(tmp_path, marker):
     pid = daemons.start(['bash', '-c', SLEEP_AS_MARKER, marker], pidfile, marker, log)
     assert daemons.read_pidfile(pidfile) == pid
     assert daemons.running(pidfile, marker) == pid
-    # start returns once the marker shows: bash's own argv carries it before the exec
-    assert wait_for(lambda: daemons.cmdline(pid) == [marker, '300'])
+    assert slept_as_marker(pid, marker)
     assert os.getsid(pid) == pid   # its own session: a Ctrl-C of the caller spares it
     assert 'exec -a' in pathlib.Path(log).read_text()   # the header line names the command
 
@@ -42,8 +42,7 @@ def test_start_of_a_self_daemonizing_program_reads_its_pid_file(tmp_path, marker
     script = '(%s) </dev/null >/dev/null 2>&1 & echo $! > "$1"' % SLEEP_AS_MARKER
     pid = daemons.start(['bash', '-c', script, marker, pidfile], pidfile, marker, log,
                         daemonizes=True)
-    # start returns once the marker shows: bash's own argv carries it before the exec
-    assert wait_for(lambda: daemons.cmdline(pid) == [marker, '300'])
+    assert slept_as_marker(pid, marker)
     assert daemons.running(pidfile, marker) == pid
 
 
@@ -121,8 +120,7 @@ def test_stop_kills_what_ignores_term_after_the_timeout(tmp_path, marker):
     script = 'trap "" TERM; ' + SLEEP_AS_MARKER
     pid = daemons.start(['bash', '-c', script, marker], str(tmp_path / 'd.pid'), marker,
                         str(tmp_path / 'd.log'))
-    # the trap is set once the sleep runs (a TERM before it would kill bash itself)
-    assert wait_for(lambda: daemons.cmdline(pid) == [marker, '300'])
+    assert slept_as_marker(pid, marker)   # a TERM before the trap would kill bash
     lines = []
     t0 = time.monotonic()
     assert daemons.stop([pid], marker, 'stubborn', timeout=0.6, log=lines.append) == 'killed'

@@ -16,6 +16,7 @@ import uuid
 from tests.unit.tools.toollib import ROOT
 from tests.unit.tools.toollib import SLEEP_AS_MARKER
 from tests.unit.tools.toollib import daemons
+from tests.unit.tools.toollib import slept_as_marker
 from tests.unit.tools.toollib import wait_for
 
 CLI = str(ROOT / 'tools' / 'lib' / 'daemons_cli.py')
@@ -44,8 +45,7 @@ def test_start_detaches_writes_the_pid_file_and_running_finds_it(tmp_path, marke
     assert r.returncode == 0, r.stderr
     pid = int(r.stdout)
     assert pidfile.read_text() == '%d\n' % pid
-    # start returns once the marker shows: bash's own argv carries it before the exec
-    assert wait_for(lambda: daemons.cmdline(pid) == [marker, '300'])
+    assert slept_as_marker(pid, marker)
     assert os.getsid(pid) == pid          # its own session, and the PID of that process
     assert 'exec -a' in log.read_text()   # a header line names the command
 
@@ -170,8 +170,7 @@ def test_stop_kills_what_ignores_sigterm(tmp_path, marker):
     r = cli('start', str(pidfile), '--log', str(tmp_path / 'd.log'), '--', 'bash', '-c',
             'trap "" TERM; ' + SLEEP_AS_MARKER, marker, marker=marker)   # SIG_IGN survives exec
     pid = int(r.stdout)
-    # the trap is set once the sleep runs (a TERM before it would kill bash itself)
-    assert wait_for(lambda: daemons.cmdline(pid) == [marker, '300'])
+    assert slept_as_marker(pid, marker)   # a TERM before the trap would kill bash
     t0 = time.monotonic()
     r = cli('stop', str(pidfile), '--label', 'stubborn', '--timeout', '1', marker=marker)
     assert time.monotonic() - t0 >= 1

@@ -23,3 +23,10 @@ def load(name):
 
 
 daemons = load('daemons')
+
+
+def slept_as_marker(pid, marker):
+    """Has the process started with SLEEP_AS_MARKER exec'd its sleep (its trap, if any,
+    is set by then)? ``daemons.start`` returns once the marker shows, and bash's own
+    argv carries it before the exec: waited for, not assumed."""
+    return wait_for(lambda: daemons.cmdline(pid) == [marker, '300'])
